@@ -1,0 +1,56 @@
+//! The Trellis resource model: the documents users write and the proxy and control plane read.
+//!
+//! A configuration is a stream of YAML (or JSON) documents, each with a `kind`:
+//!
+//! - [`Service`]: one service's whole behaviour — ports, subsets, routes, load balancing,
+//!   resilience settings.
+//! - [`Endpoints`]: a static list of a service's instances (the control plane's registry
+//!   replaces it later).
+//! - [`ProxySettings`] (`kind: Proxy`): a proxy's own listeners and limits, for static mode.
+//!
+//! [`parse_documents`] turns text into typed [`Resource`]s and reports every problem with
+//! file, line, column and field path; [`validate`] adds the checks that span fields and
+//! documents (unknown subsets, duplicate names, shadowed routes).
+
+mod duration;
+mod errors;
+mod parse;
+mod proxy;
+mod service;
+mod validate;
+
+pub use duration::Duration;
+pub use errors::{ConfigError, ConfigErrors};
+pub use parse::{parse_documents, parse_file};
+pub use proxy::{ExplicitListener, InboundListener, OutboundListener, ProxySettings};
+pub use service::*;
+pub use validate::validate;
+
+use serde::Serialize;
+
+/// One document of a configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind")]
+pub enum Resource {
+    Service(Service),
+    Endpoints(Endpoints),
+    #[serde(rename = "Proxy")]
+    Proxy(ProxySettings),
+}
+
+impl Resource {
+    /// `KIND/NAMESPACE/NAME`, how errors and the CLI refer to a document.
+    pub fn key(&self) -> String {
+        match self {
+            Resource::Service(s) => format!("Service/{}/{}", s.namespace, s.name),
+            Resource::Endpoints(e) => format!("Endpoints/{}/{}", e.namespace, e.service),
+            Resource::Proxy(p) => format!("Proxy/{}", p.name.as_deref().unwrap_or("-")),
+        }
+    }
+}
+
+/// Kinds accepted in a `kind:` field, listed in errors.
+pub const KINDS: &[&str] = &["Service", "Endpoints", "Proxy"];
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! `kind: Proxy`: a proxy's own listeners and limits, used in static mode.
+
+use crate::Duration;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxySettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The admin listener (`/ready`, `/live`, `/metrics`, `/config`); keep it on loopback.
+    #[serde(default = "ProxySettings::default_admin")]
+    pub admin: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<InboundListener>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<OutboundListener>,
+    /// Local ports each bound to one upstream service (explicit mode, no capture needed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explicit: Vec<ExplicitListener>,
+    /// How long to wait for a client's first bytes before treating the connection as opaque
+    /// TCP, so that server-speaks-first protocols (MySQL, SMTP) never stall.
+    #[serde(default = "ProxySettings::default_detect_timeout")]
+    pub detect_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests and connections may take to finish.
+    #[serde(default = "ProxySettings::default_drain_timeout")]
+    pub drain_timeout: Duration,
+    /// SO_MARK set on the proxy's own upstream sockets, so capture rules can exclude them.
+    #[serde(default = "ProxySettings::default_mark")]
+    pub mark: u32,
+}
+
+impl ProxySettings {
+    fn default_admin() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 15000))
+    }
+    fn default_detect_timeout() -> Duration {
+        Duration::from_millis(500)
+    }
+    fn default_drain_timeout() -> Duration {
+        Duration::from_millis(10_000)
+    }
+    fn default_mark() -> u32 {
+        0x539
+    }
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            name: None,
+            admin: Self::default_admin(),
+            inbound: None,
+            outbound: None,
+            explicit: Vec::new(),
+            detect_timeout: Self::default_detect_timeout(),
+            drain_timeout: Self::default_drain_timeout(),
+            mark: Self::default_mark(),
+        }
+    }
+}
+
+/// Traffic to the local application.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundListener {
+    pub listen: SocketAddr,
+    /// Where the application listens. Unset: the connection's original destination
+    /// (transparent capture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<SocketAddr>,
+    /// Destination ports carried as opaque TCP without detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
+}
+
+/// Traffic from the local application, captured transparently.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutboundListener {
+    pub listen: SocketAddr,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExplicitListener {
+    pub listen: SocketAddr,
+    /// `NAME` or `NAME.NAMESPACE`.
+    pub service: String,
+}

@@ -1,0 +1,119 @@
+//! Parser and validator behaviour as a user sees it: what is accepted, and the exact errors.
+
+use super::*;
+
+fn errors(text: &str) -> Vec<String> {
+    parse_documents(text, "t.yaml").unwrap_err().0.iter().map(|e| e.to_string()).collect()
+}
+
+const REVIEWS: &str = r#"
+kind: Service
+name: reviews
+namespace: shop
+ports: [{port: 9080, protocol: http}]
+subsets: {v1: {version: v1}, v2: {version: v2}}
+routes:
+  - name: canary
+    match: {path: {prefix: /api}, headers: {x-canary: "1"}}
+    to: [{subset: v2, weight: 10}, {subset: v1, weight: 90}]
+    timeout: 2s
+    retries: {attempts: 3, on: [5xx, reset, {status: 409}], grpc: [unavailable]}
+  - to: [{subset: v1}]
+loadBalancer: {algorithm: peak-ewma}
+---
+kind: Endpoints
+service: reviews
+namespace: shop
+endpoints:
+  - {address: "127.0.0.1:9081", labels: {version: v1}}
+  - {address: "127.0.0.1:9082", labels: {version: v2}, weight: 3, meshed: true}
+"#;
+
+#[test]
+fn parses_a_service_and_its_endpoints() {
+    let docs = parse_documents(REVIEWS, "t.yaml").unwrap();
+    assert_eq!(docs.len(), 2);
+    let Resource::Service(s) = &docs[0] else { panic!() };
+    assert_eq!(s.routes[0].to[0].weight, Percent(10));
+    assert_eq!(s.routes[0].timeout.unwrap().get().as_secs(), 2);
+    let retries = s.routes[0].retries.as_ref().unwrap();
+    assert_eq!(retries.on, vec![RetryOn::ServerError, RetryOn::Reset, RetryOn::Status { status: 409 }]);
+    assert_eq!(retries.budget.ratio, Ratio(0.2));
+    let Resource::Endpoints(e) = &docs[1] else { panic!() };
+    assert_eq!(e.endpoints[1].weight, Weight(3));
+    assert!(e.endpoints[1].meshed);
+}
+
+#[test]
+fn out_of_range_weight_points_at_the_value() {
+    let text = REVIEWS.replace("weight: 90", "weight: 120");
+    let errs = errors(&text);
+    assert_eq!(errs, vec!["t.yaml:10:36: routes[0].to[1].weight: 120 is out of range 0..=100"]);
+}
+
+#[test]
+fn unknown_field_is_named_with_position() {
+    let errs = errors("kind: Service\nname: a\nroutes:\n  - tiemout: 2s\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("t.yaml:4:5: routes[0].tiemout: unknown field `tiemout`, expected one of"), "{}", errs[0]);
+}
+
+#[test]
+fn unknown_kind_and_missing_kind() {
+    assert_eq!(errors("kind: Sevice\nname: a\n"), vec!["t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Proxy"]);
+    assert_eq!(errors("---\nname: a\n"), vec!["t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Proxy"]);
+}
+
+#[test]
+fn weights_must_add_up_and_subsets_must_exist() {
+    let text = REVIEWS.replace("weight: 90", "weight: 80").replace("{subset: v1}]", "{subset: v3}]");
+    let errs = errors(&text);
+    assert_eq!(errs, vec![
+        "t.yaml:2:1: Service/shop/reviews routes[0].to: weights add up to 90 (10 + 80); they must add up to 100",
+        "t.yaml:2:1: Service/shop/reviews routes[1].to[0].subset: unknown subset `v3` of service `reviews`; defined subsets: v1, v2",
+    ]);
+}
+
+#[test]
+fn shadowed_route_is_reported() {
+    let text = "kind: Service\nname: a\nroutes:\n  - match: {path: {prefix: /}}\n  - match: {path: {prefix: /api}}\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("routes[1]: never matches: routes[0] matches every request it would"), "{}", errs[0]);
+}
+
+#[test]
+fn bad_regex_duration_and_name() {
+    let errs = errors("kind: Service\nname: a\nroutes:\n  - match: {path: {regex: \"(\"}}\n");
+    assert!(errs[0].starts_with("t.yaml:4:19: routes[0].match.path.regex: `(` is not a valid regular expression"), "{}", errs[0]);
+    let errs = errors("kind: Service\nname: a\nroutes:\n  - timeout: 2 s\n");
+    assert!(errs[0].contains("routes[0].timeout: `2 s` has unknown unit"), "{}", errs[0]);
+    let errs = errors("kind: Service\nname: Reviews\n");
+    assert!(errs[0].starts_with("t.yaml:2:7: name: `Reviews` is not a valid name"), "{}", errs[0]);
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let errs = errors("kind: Service\nname: [a\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("t.yaml:"), "{}", errs[0]);
+}
+
+#[test]
+fn json_is_accepted() {
+    let docs = parse_documents(r#"{"kind": "Service", "name": "a", "ports": [{"port": 80}]}"#, "t.json").unwrap();
+    assert_eq!(docs.len(), 1);
+}
+
+#[test]
+fn explicit_listener_must_name_a_known_service() {
+    let errs = errors("kind: Proxy\nexplicit: [{listen: '127.0.0.1:9000', service: nope}]\n");
+    assert_eq!(errs, vec!["t.yaml:1:1: Proxy/- explicit[0].service: unknown service `nope`"]);
+}
+
+#[test]
+fn hostile_input_never_panics() {
+    for text in ["", "---\n---\n", "kind: [", "- 1\n- 2", "kind: Service\nname: a\nroutes: 5", "&a [*a]", "kind: Service\nname: a\nsubsets: {v1: [1]}"] {
+        let _ = parse_documents(text, "t.yaml");
+    }
+}

@@ -1,0 +1,165 @@
+//! `trellis`: the one binary of the mesh. Subcommands run the proxy, set up transparent
+//! capture, and check configuration files.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "trellis", version, about = "Trellis service mesh", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a proxy from a static configuration file.
+    #[command(after_help = "Example:\n  trellis proxy --config sidecar.yaml\n\n\
+        The file holds a `kind: Proxy` document (listeners, admin address) and the `kind: Service`\n\
+        and `kind: Endpoints` documents of the services this proxy talks to. Edit it, or send\n\
+        SIGHUP, to reload without dropping requests; SIGTERM drains and exits.")]
+    Proxy {
+        /// The configuration file (YAML or JSON, several documents).
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+    /// Install or remove the iptables rules that route a workload's traffic through its
+    /// proxy. Run it inside the workload's network namespace, as root.
+    #[command(after_help = "Example:\n  ip netns exec app trellis capture install --inbound-port 15006 --outbound-port 15001\n  ip netns exec app trellis capture remove")]
+    Capture {
+        #[command(subcommand)]
+        action: CaptureAction,
+    },
+    /// Check configuration files and print the problems found, with file, line and field.
+    #[command(after_help = "Example:\n  trellis validate -f reviews.yaml")]
+    Validate {
+        #[arg(long, short = 'f', required = true)]
+        file: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaptureAction {
+    /// Install the rules (replacing earlier Trellis rules).
+    Install {
+        #[command(flatten)]
+        rules: RuleArgs,
+        /// Print the rules instead of installing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove every Trellis rule and chain.
+    Remove,
+}
+
+#[derive(clap::Args)]
+struct RuleArgs {
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// The SO_MARK the proxy puts on its own connections (its `mark` setting); 0 disables.
+    #[arg(long, default_value_t = 0x539)]
+    proxy_mark: u32,
+    /// The uid the proxy runs as; its traffic is not captured.
+    #[arg(long)]
+    proxy_uid: Option<u32>,
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    /// Inbound ports delivered straight to the application (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Capture only these inbound ports (default: all but the excluded).
+    #[arg(long, value_delimiter = ',')]
+    inbound_ports: Vec<u16>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Proxy { config } => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_proxy(config)),
+        Command::Capture { action: CaptureAction::Install { rules, dry_run } } => {
+            let rules = trellis_proxy::capture::CaptureRules {
+                inbound_port: rules.inbound_port,
+                outbound_port: rules.outbound_port,
+                proxy_mark: rules.proxy_mark,
+                proxy_uid: rules.proxy_uid,
+                proxy_gid: rules.proxy_gid,
+                exclude_inbound_ports: rules.exclude_inbound_ports,
+                exclude_outbound_ports: rules.exclude_outbound_ports,
+                include_inbound_ports: rules.inbound_ports,
+            };
+            if dry_run {
+                print!("{}", rules.iptables_restore());
+                return Ok(());
+            }
+            rules.install().context("installing capture rules")?;
+            println!("capture installed: inbound → :{}, outbound → :{}", rules.inbound_port, rules.outbound_port);
+            Ok(())
+        }
+        Command::Capture { action: CaptureAction::Remove } => {
+            trellis_proxy::capture::uninstall()?;
+            println!("capture removed");
+            Ok(())
+        }
+        Command::Validate { file } => {
+            let mut failed = false;
+            for path in file {
+                match trellis_api::parse_file(&path) {
+                    Ok(docs) => println!("{}: {} document(s) valid", path.display(), docs.len()),
+                    Err(errors) => {
+                        failed = true;
+                        println!("{errors}");
+                    }
+                }
+            }
+            if failed {
+                anyhow::bail!("configuration has errors");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run_proxy(config: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let proxy = trellis_proxy::Proxy::start(config).await?;
+    let version = proxy.shared().config().version.clone();
+    tracing::info!(%version, "proxy ready");
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { let _ = proxy.shared().reload(); }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("draining");
+    let left = proxy.drain().await;
+    if left > 0 {
+        tracing::warn!(connections = left, "drain deadline reached; closing the rest");
+    } else {
+        tracing::info!("drained");
+    }
+    Ok(())
+}

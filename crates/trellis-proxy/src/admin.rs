@@ -1,0 +1,69 @@
+//! The admin listener (keep it on loopback): `/live`, `/ready`, `/metrics`, `/config`.
+
+use crate::body::{self, Body};
+use crate::Shared;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &shared)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+    match request.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            if shared.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/metrics" => {
+            let mut r = Response::new(body::full(shared.runtime.metrics.encode()));
+            r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            r
+        }
+        "/config" => {
+            let config = shared.config();
+            let document = serde_json::json!({
+                "version": config.version,
+                "source": shared.source_description(),
+                "loadedAt": shared.loaded_at(),
+                "lastReloadError": shared.last_reload_error(),
+                "resources": config.documents,
+                "routes": config.services.values().map(|s| serde_json::json!({
+                    "service": s.id,
+                    "routes": s.routes.iter().chain(std::iter::once(&s.default_route)).map(|r| serde_json::json!({
+                        "name": r.name,
+                        "chain": r.chain.iter().map(|e| e.name()).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            });
+            let mut r = Response::new(body::full(serde_json::to_vec_pretty(&document).unwrap_or_default()));
+            r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+            r
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found; try /live, /ready, /metrics, /config\n"),
+    }
+}
+
+fn text(status: StatusCode, body_text: &'static str) -> Response<Body> {
+    let mut r = Response::new(body::full(body_text));
+    *r.status_mut() = status;
+    r
+}

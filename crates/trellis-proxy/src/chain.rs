@@ -1,0 +1,60 @@
+//! The per-request chain of elements (DESIGN.md: "elements, the unit of processing").
+//!
+//! A route compiles into an ordered list of [`Element`]s. Each element gets the request and
+//! the rest of the chain ([`Next`]); it may change the request, answer by itself, call the
+//! rest once (timeouts, header rewriting), several times (retries) or in the background as
+//! well (mirroring), and change the response on its way back. The last element is a
+//! terminal one (forwarding, redirect, direct response) that never calls `next`.
+//!
+//! Elements talk to each other through request extensions (e.g. the split element records
+//! the chosen [`crate::config::Backend`] for the balancer) and response extensions (the
+//! [`crate::errors::ProxyError`] of a proxy-made answer).
+
+use crate::body::Body;
+use crate::errors::{ProxyError, Reason};
+use http::{Request, Response};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One step of request processing.
+pub trait Element: Send + Sync + 'static {
+    /// The element's kind, for `/config` and logs.
+    fn name(&self) -> &'static str;
+    fn call<'a>(&'a self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>>;
+}
+
+/// The rest of a chain. Cheap to copy, so an element may call it more than once.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    rest: &'a [Arc<dyn Element>],
+}
+
+impl<'a> Next<'a> {
+    pub fn new(chain: &'a [Arc<dyn Element>]) -> Self {
+        Next { rest: chain }
+    }
+
+    pub fn run(self, request: Request<Body>) -> BoxFuture<'a, Response<Body>> {
+        match self.rest.split_first() {
+            Some((element, rest)) => element.call(request, Next { rest }),
+            None => {
+                let grpc = crate::errors::is_grpc(request.headers());
+                Box::pin(async move {
+                    ProxyError::new(Reason::Internal, "the element chain has no terminal element").into_response(grpc)
+                })
+            }
+        }
+    }
+}
+
+/// Facts about the request's connection, put in the request extensions by the listener.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Where the client meant to connect (the original destination when captured).
+    pub target: SocketAddr,
+}

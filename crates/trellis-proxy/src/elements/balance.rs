@@ -1,0 +1,73 @@
+//! `balance`: picks the endpoint of the selected backend for one attempt, and feeds the
+//! endpoint's load statistics (in-flight count, latency) back to the balancer.
+
+use crate::body::Body;
+use crate::chain::{BoxFuture, Connection, Element, Next};
+use crate::config::Target;
+use crate::errors::{ProxyError, Reason, is_grpc};
+use super::SelectedBackend;
+use http::{Request, Response};
+use std::net::SocketAddr;
+use std::time::Instant;
+use trellis_api::HashOn;
+
+/// The endpoint chosen for this attempt, read by `forward`.
+#[derive(Clone)]
+pub struct SelectedTarget(pub Target);
+
+/// Endpoints that already failed this request, avoided by later attempts while others exist.
+#[derive(Clone, Default)]
+pub struct TriedEndpoints(pub Vec<SocketAddr>);
+
+pub struct Balance;
+
+impl Element for Balance {
+    fn name(&self) -> &'static str {
+        "balance"
+    }
+
+    fn call<'a>(&'a self, mut request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
+        Box::pin(async move {
+            let grpc = is_grpc(request.headers());
+            let Some(SelectedBackend(backend)) = request.extensions().get::<SelectedBackend>().cloned() else {
+                return ProxyError::new(Reason::Internal, "balance without a selected backend").into_response(grpc);
+            };
+            let hash = hash_of(&request, backend.hash_on.as_ref());
+            let tried = request.extensions().get::<TriedEndpoints>().cloned().unwrap_or_default();
+            let skip = |i: usize| tried.0.contains(&backend.endpoints[i].addr);
+            let Some(index) = backend.balancer.pick(hash, &skip) else {
+                return ProxyError::new(Reason::NoHealthyEndpoints, "the destination has no endpoints")
+                    .upstream(&backend.label)
+                    .into_response(grpc);
+            };
+            let target = backend.endpoints[index].clone();
+            let _in_flight = target.stats.start();
+            request.extensions_mut().insert(SelectedTarget(target.clone()));
+            let started = Instant::now();
+            let response = next.run(request).await;
+            // Failed connects say nothing about the endpoint's latency.
+            let connect_failed = response.extensions().get::<ProxyError>().is_some_and(|e| matches!(e.reason, Reason::ConnectFailure | Reason::ConnectTimeout));
+            if !connect_failed {
+                target.stats.observe_latency(started.elapsed());
+            }
+            response
+        })
+    }
+}
+
+fn hash_of(request: &Request<Body>, hash_on: Option<&HashOn>) -> Option<u64> {
+    let key: Option<Vec<u8>> = match hash_on? {
+        HashOn::Header(name) => request.headers().get(name.as_str()).map(|v| v.as_bytes().to_vec()),
+        HashOn::Cookie(name) => request
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_bytes().to_vec()),
+        HashOn::SourceIp(_) => request.extensions().get::<Connection>().map(|c| c.peer.ip().to_string().into_bytes()),
+    };
+    key.map(|k| crate::balance::hash_key(&k))
+}

@@ -1,0 +1,186 @@
+//! `forward`: sends the request to the chosen endpoint and streams the response back.
+//!
+//! It picks the wire protocol per request: HTTP/2 to meshed endpoints (HTTP/1.1 requests
+//! then travel multiplexed, marked with [`ORIG_PROTO_HEADER`] so the far proxy turns them
+//! back into HTTP/1.1), HTTP/2 when the client spoke HTTP/2, HTTP/1.1 otherwise and for
+//! upgrades (WebSocket), whose two halves are then spliced together.
+
+use crate::body::{self, Body};
+use crate::chain::{BoxFuture, Element, Next};
+use crate::errors::{ProxyError, Reason, is_grpc};
+use crate::upstream::{UpstreamError, Upstreams, Wire};
+use super::{SelectedBackend, SelectedTarget};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, Uri, Version};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Marks an HTTP/1.x request carried over HTTP/2 between two Trellis proxies.
+pub const ORIG_PROTO_HEADER: &str = "x-trellis-orig-proto";
+
+/// Which upstream answered, for metrics and access logs.
+#[derive(Clone, Debug)]
+pub struct UpstreamLabel {
+    pub backend: String,
+    pub endpoint: SocketAddr,
+}
+
+/// A fixed destination, for the inbound side: the local application.
+#[derive(Clone, Debug)]
+pub struct ForwardTo {
+    pub addr: SocketAddr,
+    pub label: String,
+    pub wire: Option<Wire>,
+}
+
+pub struct Forward {
+    upstreams: Arc<Upstreams>,
+}
+
+impl Forward {
+    pub fn new(upstreams: Arc<Upstreams>) -> Self {
+        Forward { upstreams }
+    }
+}
+
+impl Element for Forward {
+    fn name(&self) -> &'static str {
+        "forward"
+    }
+
+    fn call<'a>(&'a self, request: Request<Body>, _next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
+        Box::pin(async move {
+            let grpc = is_grpc(request.headers());
+            if let Some(to) = request.extensions().get::<ForwardTo>().cloned() {
+                let wire = to.wire.unwrap_or_else(|| natural_wire(&request));
+                return send(&self.upstreams, to.addr, &to.label, wire, Duration::from_secs(1), request).await;
+            }
+            let (Some(SelectedTarget(target)), Some(SelectedBackend(backend))) =
+                (request.extensions().get::<SelectedTarget>().cloned(), request.extensions().get::<SelectedBackend>().cloned())
+            else {
+                return ProxyError::new(Reason::Internal, "forward without a chosen endpoint").into_response(grpc);
+            };
+            let upgrading = request.headers().contains_key(header::UPGRADE);
+            let wire = if target.meshed && !upgrading { Wire::Http2 } else { natural_wire(&request) };
+            send(&self.upstreams, target.addr, &backend.label, wire, backend.connect_timeout, request).await
+        })
+    }
+}
+
+/// The protocol the client itself used, except that upgrades always need HTTP/1.1.
+fn natural_wire<B>(request: &Request<B>) -> Wire {
+    if request.version() == Version::HTTP_2 && !request.headers().contains_key(header::UPGRADE) {
+        Wire::Http2
+    } else {
+        Wire::Http1
+    }
+}
+
+/// Sends `request` to `addr` over `wire` and returns the upstream's response, or the
+/// proxy's own error response.
+pub async fn send(upstreams: &Upstreams, addr: SocketAddr, label: &str, wire: Wire, connect_timeout: Duration, mut request: Request<Body>) -> Response<Body> {
+    let grpc = is_grpc(request.headers());
+    let client_upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let upgrading = client_upgrade.is_some() && request.headers().contains_key(header::UPGRADE);
+    if let Err(e) = prepare(&mut request, wire, upgrading) {
+        return ProxyError::new(Reason::BadRequest, e).upstream(label).into_response(grpc);
+    }
+    match upstreams.send(addr, wire, request, connect_timeout).await {
+        Ok(mut response) => {
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_upgrade) = client_upgrade {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(splice(client_upgrade, upstream_upgrade));
+                }
+            }
+            let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+            strip_hop_by_hop(response.headers_mut(), switching);
+            let mut response = response.map(body::boxed);
+            response.extensions_mut().insert(UpstreamLabel { backend: label.to_string(), endpoint: addr });
+            response
+        }
+        Err(e) => {
+            let reason = match &e {
+                UpstreamError::Connect(_) => Reason::ConnectFailure,
+                UpstreamError::ConnectTimeout(_) => Reason::ConnectTimeout,
+                UpstreamError::Reset(_) => Reason::UpstreamReset,
+            };
+            ProxyError::new(reason, e.to_string()).upstream(label).endpoint(addr).into_response(grpc)
+        }
+    }
+}
+
+/// Joins the client's and the upstream's upgraded connections (e.g. a WebSocket).
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+/// Puts the request in the form `wire` needs: URI form, version, and headers that belong to
+/// one connection only.
+fn prepare(request: &mut Request<Body>, wire: Wire, upgrading: bool) -> Result<(), String> {
+    let authority = crate::routing::authority_of(request);
+    let path_and_query = request.uri().path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_else(|| "/".into());
+    strip_hop_by_hop(request.headers_mut(), upgrading);
+    match wire {
+        Wire::Http1 => {
+            request.headers_mut().remove(ORIG_PROTO_HEADER);
+            // HTTP/2's :authority becomes HTTP/1.1's Host.
+            if !request.headers().contains_key(header::HOST) && !authority.is_empty() {
+                request.headers_mut().insert(header::HOST, HeaderValue::from_str(&authority).map_err(|e| e.to_string())?);
+            }
+            *request.uri_mut() = path_and_query.parse::<Uri>().map_err(|e| e.to_string())?;
+            *request.version_mut() = Version::HTTP_11;
+        }
+        Wire::Http2 => {
+            if request.version() != Version::HTTP_2 {
+                let original = if request.version() == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+                request.headers_mut().insert(ORIG_PROTO_HEADER, HeaderValue::from_static(original));
+            }
+            let authority = if authority.is_empty() { "localhost".to_string() } else { authority };
+            *request.uri_mut() = format!("http://{authority}{path_and_query}").parse::<Uri>().map_err(|e| format!("bad authority `{authority}`: {e}"))?;
+            request.headers_mut().remove(header::HOST);
+            *request.version_mut() = Version::HTTP_2;
+        }
+    }
+    Ok(())
+}
+
+/// Removes headers that describe one hop's connection (RFC 9110 §7.6.1); HTTP/2 forbids them.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    let named: Vec<header::HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| header::HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .filter(|name| !(upgrading && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "proxy-authenticate"] {
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    // Only `TE: trailers` may cross HTTP/2 (gRPC needs it).
+    let te_trailers = headers.get(header::TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}

@@ -1,0 +1,75 @@
+//! Built-in elements and the compiler that turns a route into its chain.
+//!
+//! A route's chain, in order (each present only when the route configures it):
+//! `headers → rewrite → split → mirror → timeout → retry → balance → forward`, or a single
+//! `redirect` / `direct-response` for routes that answer by themselves.
+
+mod balance;
+mod forward;
+mod headers;
+mod mirror;
+mod respond;
+mod retry;
+mod split;
+mod timeout;
+
+pub use balance::{SelectedTarget, TriedEndpoints};
+pub use forward::{Forward, ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
+pub use split::SelectedBackend;
+
+use crate::chain::Element;
+use crate::config::BackendBuilder;
+use std::sync::Arc;
+use trellis_api::{Route, Service, StringMatch};
+
+/// Compiles one route of `service` into its element chain.
+pub fn compile_route(service: &Service, route: &Route, route_name: &str, backends: &mut BackendBuilder) -> anyhow::Result<Vec<Arc<dyn Element>>> {
+    let mut chain: Vec<Arc<dyn Element>> = Vec::new();
+    if let Some(redirect) = &route.redirect {
+        chain.push(Arc::new(respond::Redirect::new(redirect.clone())));
+        return Ok(chain);
+    }
+    if let Some(direct) = &route.direct_response {
+        chain.push(Arc::new(respond::DirectResponse::new(direct)?));
+        return Ok(chain);
+    }
+    if route.request_headers.is_some() || route.response_headers.is_some() {
+        chain.push(Arc::new(headers::HeaderRewrite::new(route.request_headers.as_ref(), route.response_headers.as_ref())?));
+    }
+    if let Some(rewrite) = &route.rewrite {
+        let matched_prefix = match &route.matches.path {
+            Some(StringMatch::Prefix(p)) => Some(p.clone()),
+            _ => None,
+        };
+        chain.push(Arc::new(headers::Rewrite::new(rewrite.clone(), matched_prefix)?));
+    }
+    let namespace = service.namespace.clone();
+    let own_id = crate::config::service_id(&service.name, &namespace);
+    let destinations: Vec<(Arc<crate::config::Backend>, u32)> = if route.to.is_empty() {
+        vec![(backends.get(&own_id, None), 100)]
+    } else {
+        route
+            .to
+            .iter()
+            .map(|d| {
+                let id = d.service.as_deref().map(|s| backends.resolve(s, &namespace)).unwrap_or_else(|| own_id.clone());
+                (backends.get(&id, d.subset.as_deref()), d.weight.0)
+            })
+            .collect()
+    };
+    chain.push(Arc::new(split::Split::new(destinations)));
+    if let Some(mirror) = &route.mirror {
+        let id = mirror.service.as_deref().map(|s| backends.resolve(s, &namespace)).unwrap_or_else(|| own_id.clone());
+        let backend = backends.get(&id, mirror.subset.as_deref());
+        chain.push(Arc::new(mirror::Mirror::new(backend, mirror.percent.0, backends.runtime.upstreams.clone(), backends.runtime.metrics.clone(), &own_id, route_name)));
+    }
+    if let Some(timeout) = route.timeout.or(service.resilience.timeout) {
+        chain.push(Arc::new(timeout::Timeout::new(timeout.get())));
+    }
+    if let Some(retries) = &route.retries {
+        chain.push(Arc::new(retry::Retry::new(retries, backends.runtime.metrics.clone(), &own_id, route_name)));
+    }
+    chain.push(Arc::new(balance::Balance));
+    chain.push(Arc::new(forward::Forward::new(backends.runtime.upstreams.clone())));
+    Ok(chain)
+}

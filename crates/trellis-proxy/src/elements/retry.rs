@@ -1,0 +1,204 @@
+//! `retry`: sends a failed request again, within limits.
+//!
+//! An attempt is retried when its outcome is one the route lists (5xx, gateway errors, a
+//! reset, a failed connect, chosen status or gRPC codes), the body could be replayed (it fit
+//! in the replay buffer), attempts remain, and the retry budget allows it. Attempts are
+//! spaced by exponential backoff with full jitter and avoid endpoints that already failed.
+
+use crate::body::{Body, REPLAY_LIMIT, Replay};
+use crate::chain::{BoxFuture, Element, Next};
+use crate::errors::{ProxyError, Reason, is_grpc};
+use crate::metrics::Metrics;
+use super::TriedEndpoints;
+use http::{Request, Response};
+use rand::Rng;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trellis_api::{RetryOn, Retries};
+
+pub struct Retry {
+    attempts: u32,
+    on: Vec<RetryOn>,
+    grpc: Vec<u32>,
+    per_try_timeout: Option<Duration>,
+    base: Duration,
+    max: Duration,
+    budget: Arc<RetryBudget>,
+    metrics: Arc<Metrics>,
+    labels: (String, String),
+}
+
+impl Retry {
+    pub fn new(spec: &Retries, metrics: Arc<Metrics>, service: &str, route: &str) -> Self {
+        Retry {
+            attempts: spec.attempts.0,
+            on: spec.on.clone(),
+            grpc: spec.grpc.iter().map(|c| c.code()).collect(),
+            per_try_timeout: spec.per_try_timeout.map(|d| d.get()),
+            base: spec.backoff.base.get(),
+            max: spec.backoff.max.get().max(spec.backoff.base.get()),
+            budget: Arc::new(RetryBudget::new(spec.budget.ratio.0, spec.budget.min_per_second)),
+            metrics,
+            labels: (service.to_string(), route.to_string()),
+        }
+    }
+
+    fn retryable(&self, response: &Response<Body>) -> bool {
+        if let Some(error) = response.extensions().get::<ProxyError>() {
+            return match error.reason {
+                Reason::ConnectFailure | Reason::ConnectTimeout => self.on.iter().any(|c| matches!(c, RetryOn::ConnectFailure | RetryOn::ServerError | RetryOn::GatewayError)),
+                Reason::UpstreamReset => self.on.iter().any(|c| matches!(c, RetryOn::Reset | RetryOn::ServerError | RetryOn::GatewayError)),
+                Reason::PerTryTimeout => self.on.iter().any(|c| matches!(c, RetryOn::ServerError | RetryOn::GatewayError)),
+                _ => false,
+            };
+        }
+        let status = response.status().as_u16();
+        let by_status = self.on.iter().any(|c| match c {
+            RetryOn::ServerError => status >= 500,
+            RetryOn::GatewayError => matches!(status, 502..=504),
+            RetryOn::Status { status: s } => *s == status,
+            _ => false,
+        });
+        // A trailers-only gRPC error carries grpc-status in the headers.
+        let by_grpc = !self.grpc.is_empty()
+            && response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()).is_some_and(|code| self.grpc.contains(&code));
+        by_status || by_grpc
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1u32 << retry.min(16)).min(self.max);
+        let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
+        Duration::from_nanos(if nanos == 0 { 0 } else { rand::rng().random_range(0..=nanos) })
+    }
+
+    async fn attempt(&self, request: Request<Body>, next: Next<'_>) -> Response<Body> {
+        let grpc = is_grpc(request.headers());
+        match self.per_try_timeout {
+            None => next.run(request).await,
+            Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => ProxyError::new(Reason::PerTryTimeout, format!("attempt got no response within {limit:?}")).into_response(grpc),
+            },
+        }
+    }
+}
+
+impl Element for Retry {
+    fn name(&self) -> &'static str {
+        "retry"
+    }
+
+    fn call<'a>(&'a self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
+        Box::pin(async move {
+            self.budget.deposit();
+            let (parts, body) = request.into_parts();
+            let replay = Replay::new(body, REPLAY_LIMIT);
+            let mut tried = TriedEndpoints::default();
+            let mut attempt = 0;
+            let mut body = replay.attempt();
+            loop {
+                let Some(this_body) = body.take() else {
+                    return ProxyError::new(Reason::Internal, "request body unavailable").into_response(is_grpc(&parts.headers));
+                };
+                let mut request = Request::new(this_body);
+                *request.method_mut() = parts.method.clone();
+                *request.uri_mut() = parts.uri.clone();
+                *request.version_mut() = parts.version;
+                *request.headers_mut() = parts.headers.clone();
+                *request.extensions_mut() = parts.extensions.clone();
+                request.extensions_mut().insert(tried.clone());
+                let response = self.attempt(request, next).await;
+                attempt += 1;
+                if attempt >= self.attempts || !self.retryable(&response) {
+                    return response;
+                }
+                if let Some(endpoint) = response.extensions().get::<crate::errors::ProxyError>().and_then(|e| e.endpoint).or_else(|| response.extensions().get::<super::UpstreamLabel>().map(|u| u.endpoint)) {
+                    tried.0.push(endpoint);
+                }
+                if !self.budget.withdraw() {
+                    self.metrics.retry_budget_exhausted(&self.labels.0, &self.labels.1);
+                    return response;
+                }
+                // The body is gone for good once it outgrew the buffer.
+                body = replay.attempt();
+                if body.is_none() {
+                    return response;
+                }
+                self.metrics.retry(&self.labels.0, &self.labels.1);
+                drop(response);
+                tokio::time::sleep(self.backoff(attempt - 1)).await;
+            }
+        })
+    }
+}
+
+/// Retries allowed over a sliding 10-second window: `ratio` of requests plus
+/// `min_per_second` each second, so a failing upstream sees at most (1 + ratio)× the load.
+pub struct RetryBudget {
+    ratio: f64,
+    min_per_second: u32,
+    window: Mutex<Window>,
+}
+
+const BUCKETS: usize = 10;
+
+struct Window {
+    /// (requests, retries) per one-second bucket.
+    buckets: [(u64, u64); BUCKETS],
+    current: usize,
+    current_started: Instant,
+}
+
+impl RetryBudget {
+    pub fn new(ratio: f64, min_per_second: u32) -> Self {
+        RetryBudget { ratio, min_per_second, window: Mutex::new(Window { buckets: [(0, 0); BUCKETS], current: 0, current_started: Instant::now() }) }
+    }
+
+    fn with_window<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = w.current_started.elapsed().as_secs() as usize;
+        if elapsed > 0 {
+            for _ in 0..elapsed.min(BUCKETS) {
+                w.current = (w.current + 1) % BUCKETS;
+                let current = w.current;
+                w.buckets[current] = (0, 0);
+            }
+            w.current_started += Duration::from_secs(elapsed as u64);
+        }
+        f(&mut w)
+    }
+
+    pub fn deposit(&self) {
+        self.with_window(|w| w.buckets[w.current].0 += 1);
+    }
+
+    /// Takes one retry from the budget, if any is left.
+    pub fn withdraw(&self) -> bool {
+        self.with_window(|w| {
+            let (requests, retries) = w.buckets.iter().fold((0, 0), |(a, b), (r, t)| (a + r, b + t));
+            let allowed = (requests as f64 * self.ratio) as u64 + self.min_per_second as u64 * BUCKETS as u64;
+            if retries < allowed {
+                w.buckets[w.current].1 += 1;
+                true
+            } else {
+                false
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_caps_retries_at_ratio_plus_minimum() {
+        let budget = RetryBudget::new(0.2, 1);
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        let granted = (0..1000).filter(|_| budget.withdraw()).count();
+        // 20% of 1000 plus 1/s over the 10 s window.
+        assert_eq!(granted, 210);
+    }
+}

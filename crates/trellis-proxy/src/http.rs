@@ -1,0 +1,174 @@
+//! Serving HTTP on accepted connections and handing each request to its chain.
+//!
+//! Outbound, a request's service comes from the listener (explicit mode), the original
+//! destination, or the authority; the first matching route's chain handles it, and a
+//! request for no known service passes through to where the client was going. Inbound,
+//! requests go to the local application, with HTTP/1.1 restored for requests that another
+//! Trellis proxy carried over HTTP/2.
+
+use crate::body::{self, Body};
+use crate::chain::{Connection, Element, Next};
+use crate::config::RunningConfig;
+use crate::elements::{ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
+use crate::errors::{ProxyError, Reason, is_grpc};
+use crate::metrics::LatencyLabels;
+use crate::upstream::Wire;
+use crate::Shared;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Largest request head (request line and headers) accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Which side of the application a connection is on, and what it is bound to.
+#[derive(Clone, Debug)]
+pub enum Side {
+    /// From the local application; the service is found per request.
+    Outbound { listener: SocketAddr },
+    /// From the local application, to one service (explicit mode).
+    Explicit { service: String },
+    /// To the local application at `app`.
+    Inbound { app: SocketAddr },
+}
+
+impl Side {
+    pub fn direction(&self) -> &'static str {
+        match self {
+            Side::Inbound { .. } => "inbound",
+            _ => "outbound",
+        }
+    }
+}
+
+/// Serves one connection already detected as HTTP/1.x (`http2 == false`) or HTTP/2.
+pub async fn serve<IO>(io: IO, http2: bool, side: Side, connection: Connection, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut drain = shared.drain_signal();
+    let handler = Arc::new(Handler { side, connection, shared: shared.clone() });
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(request).await) }
+    });
+    let io = TokioIo::new(io);
+    if http2 {
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(1000)
+            .keep_alive_interval(Duration::from_secs(30))
+            .serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => log_end(result),
+            _ = drain.changed() => {
+                connection.as_mut().graceful_shutdown();
+                log_end(connection.await);
+            }
+        }
+    } else {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30))
+            .max_buf_size(MAX_HEADER_BYTES.max(8192))
+            .serve_connection(io, service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => log_end(result),
+            _ = drain.changed() => {
+                connection.as_mut().graceful_shutdown();
+                log_end(connection.await);
+            }
+        }
+    }
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+struct Handler {
+    side: Side,
+    connection: Connection,
+    shared: Arc<Shared>,
+}
+
+impl Handler {
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let config = self.shared.config();
+        let mut request = request.map(body::boxed);
+        request.extensions_mut().insert(self.connection.clone());
+        let grpc = is_grpc(request.headers());
+        let direction = self.side.direction();
+
+        let (service_label, route_label, response) = match &self.side {
+            Side::Inbound { app } => {
+                // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
+                let wire = request.headers().contains_key(ORIG_PROTO_HEADER).then_some(Wire::Http1);
+                let label = config.settings.name.clone().unwrap_or_else(|| "app".into());
+                request.extensions_mut().insert(ForwardTo { addr: *app, label: label.clone(), wire });
+                let chain = &self.shared.inbound_chain;
+                (label, "inbound".to_string(), Next::new(chain).run(request).await)
+            }
+            Side::Explicit { service } => match config.service_named(service) {
+                Some(svc) => {
+                    let route = pick_route(&config, svc, &request);
+                    (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
+                }
+                None => (service.clone(), String::new(), ProxyError::new(Reason::UnknownService, format!("service `{service}` is not in the configuration")).into_response(grpc)),
+            },
+            Side::Outbound { listener } => {
+                let authority = crate::routing::authority_of(&request);
+                let svc = config.service_for_address(self.connection.target).or_else(|| config.service_for_authority(&authority)).cloned();
+                match svc {
+                    Some(svc) => {
+                        let route = pick_route(&config, &svc, &request);
+                        (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
+                    }
+                    None if self.connection.target != *listener => {
+                        // Not a mesh service: pass through to where the client was going.
+                        request.extensions_mut().insert(ForwardTo { addr: self.connection.target, label: "passthrough".into(), wire: None });
+                        ("passthrough".into(), String::new(), Next::new(&self.shared.inbound_chain).run(request).await)
+                    }
+                    None => {
+                        let detail = format!("no service is named by authority `{authority}` or address {}", self.connection.target);
+                        (String::new(), String::new(), ProxyError::new(Reason::UnknownService, detail).into_response(grpc))
+                    }
+                }
+            }
+        };
+
+        let upstream = response.extensions().get::<UpstreamLabel>().map(|u| u.backend.clone()).unwrap_or_default();
+        if let Some(error) = response.extensions().get::<ProxyError>() {
+            self.shared.runtime.metrics.proxy_error(direction, error.reason.as_str());
+            tracing::info!(direction, service = %service_label, route = %route_label, peer = %self.connection.peer, error = %error, "proxy answered with an error");
+        }
+        let upstream = if upstream.is_empty() { response.extensions().get::<ProxyError>().and_then(|e| e.upstream.clone()).unwrap_or_default() } else { upstream };
+        self.shared.runtime.metrics.request(
+            LatencyLabels { direction, service: service_label, route: route_label, upstream },
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        response
+    }
+}
+
+fn pick_route<'c>(_config: &RunningConfig, service: &'c crate::config::ServiceConfig, request: &Request<Body>) -> &'c crate::config::CompiledRoute {
+    service.routes.iter().find(|r| r.matcher.matches(request)).unwrap_or(&service.default_route)
+}
+
+/// The chain used for inbound and pass-through requests: straight to a fixed address.
+pub fn direct_chain(shared_upstreams: Arc<crate::upstream::Upstreams>) -> Vec<Arc<dyn Element>> {
+    vec![Arc::new(crate::elements::Forward::new(shared_upstreams))]
+}

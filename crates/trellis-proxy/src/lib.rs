@@ -1,0 +1,232 @@
+//! The Trellis data-plane proxy.
+//!
+//! A proxy runs listeners — inbound (to its application), outbound (from it, captured
+//! transparently) and explicit (a local port bound to one service) — plus an admin listener.
+//! Each accepted connection has its protocol detected ([`detect`]); HTTP is served by
+//! [`http`] and every request runs through its route's chain of elements ([`chain`],
+//! [`elements`]); anything else is forwarded as opaque TCP ([`tcp`]).
+//!
+//! The configuration ([`config`]) is swapped atomically on reload; requests in flight finish
+//! on the version they started with. On SIGTERM the proxy drains: it stops accepting, lets
+//! connections finish up to a deadline, then exits.
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod capture;
+pub mod chain;
+pub mod config;
+pub mod detect;
+pub mod elements;
+pub mod errors;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod routing;
+pub mod tcp;
+pub mod upstream;
+
+use arc_swap::ArcSwap;
+use config::{EndpointRegistry, RunningConfig, Runtime};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+/// State shared by every listener and connection of one proxy.
+pub struct Shared {
+    config: ArcSwap<RunningConfig>,
+    pub runtime: Runtime,
+    /// The chain for requests to a fixed address (inbound and pass-through).
+    pub inbound_chain: Vec<Arc<dyn chain::Element>>,
+    /// Fixed application address for inbound traffic; `None` = original destination.
+    pub inbound_forward: Option<SocketAddr>,
+    drain: watch::Sender<bool>,
+    active: AtomicUsize,
+    idle: Notify,
+    source: PathBuf,
+    loaded_at: Mutex<SystemTime>,
+    last_reload_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<RunningConfig> {
+        self.config.load_full()
+    }
+
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.drain.borrow()
+    }
+
+    pub fn source_description(&self) -> String {
+        self.source.display().to_string()
+    }
+
+    pub fn loaded_at(&self) -> String {
+        let at = *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        format!("{secs}")
+    }
+
+    pub fn last_reload_error(&self) -> Option<String> {
+        self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts a live connection until the guard drops; draining waits for the count to reach 0.
+    pub fn track_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        ConnectionGuard { shared: self.clone() }
+    }
+
+    /// Reads the configuration file again and switches to it if it is valid. An invalid
+    /// file leaves the running configuration in place.
+    pub fn reload(&self) -> Result<String, String> {
+        let result = trellis_api::parse_file(&self.source)
+            .map_err(|e| e.to_string())
+            .and_then(|docs| RunningConfig::compile(docs, &self.runtime).map_err(|e| e.to_string()));
+        match result {
+            Ok(new) => {
+                let version = new.version.clone();
+                if version != self.config().version {
+                    self.config.store(Arc::new(new));
+                    *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = SystemTime::now();
+                    self.runtime.metrics.config_version(&version);
+                    tracing::info!(%version, "configuration reloaded");
+                }
+                self.runtime.metrics.reload(true);
+                *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(version)
+            }
+            Err(e) => {
+                self.runtime.metrics.reload(false);
+                tracing::error!("configuration rejected, keeping version {}:\n{e}", self.config().version);
+                *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+}
+
+pub struct ConnectionGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.shared.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shared.idle.notify_waiters();
+        }
+    }
+}
+
+/// A proxy started from a static configuration file.
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Loads `path`, binds every listener it declares, and starts serving.
+    pub async fn start(path: PathBuf) -> anyhow::Result<Proxy> {
+        let documents = trellis_api::parse_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let settings = documents
+            .iter()
+            .find_map(|d| match d {
+                trellis_api::Resource::Proxy(p) => Some(p.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let upstreams = Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark }));
+        let runtime = Runtime { upstreams: upstreams.clone(), endpoints: EndpointRegistry::default(), metrics: metrics.clone() };
+        let running = RunningConfig::compile(documents, &runtime)?;
+        metrics.config_version(&running.version);
+        let (drain, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(running),
+            runtime,
+            inbound_chain: http::direct_chain(upstreams),
+            inbound_forward: settings.inbound.as_ref().and_then(|i| i.forward),
+            drain,
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            source: path,
+            loaded_at: Mutex::new(SystemTime::now()),
+            last_reload_error: Mutex::new(None),
+        });
+
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what} listener: {e}"))
+        };
+        let admin = bind(settings.admin, "admin").await?;
+        let mut listeners = Vec::new();
+        if let Some(inbound) = &settings.inbound {
+            let l = bind(inbound.listen, "inbound").await?;
+            listeners.push((l, http::Side::Inbound { app: inbound.forward.unwrap_or(inbound.listen) }));
+        }
+        if let Some(outbound) = &settings.outbound {
+            let l = bind(outbound.listen, "outbound").await?;
+            let listener = l.local_addr()?;
+            listeners.push((l, http::Side::Outbound { listener }));
+        }
+        for explicit in &settings.explicit {
+            let l = bind(explicit.listen, "explicit").await?;
+            listeners.push((l, http::Side::Explicit { service: explicit.service.clone() }));
+        }
+        for (listener, side) in listeners {
+            tracing::info!(addr = %listener.local_addr()?, side = ?side, "listening");
+            tokio::spawn(listener::accept_loop(listener, side, shared.clone()));
+        }
+        tracing::info!(addr = %admin.local_addr()?, "admin listening");
+        tokio::spawn(admin::serve(admin, shared.clone()));
+        tokio::spawn(watch_file(shared.clone()));
+        Ok(Proxy { shared })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, lets open connections finish for up to the drain timeout, and returns
+    /// how many were still open when it gave up.
+    pub async fn drain(&self) -> usize {
+        let deadline = self.shared.config().settings.drain_timeout.get();
+        let _ = self.shared.drain.send(true);
+        let wait = async {
+            loop {
+                let idle = self.shared.idle.notified();
+                if self.shared.active.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.shared.active.load(Ordering::SeqCst)
+    }
+}
+
+/// Reloads when the configuration file changes (checked every second).
+async fn watch_file(shared: Arc<Shared>) {
+    let stamp = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut last = stamp(&shared.source);
+    let mut drain = shared.drain_signal();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = drain.changed() => return,
+        }
+        let now = stamp(&shared.source);
+        if now != last {
+            last = now;
+            let _ = shared.reload();
+        }
+    }
+}

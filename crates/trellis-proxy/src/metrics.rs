@@ -1,0 +1,210 @@
+//! The proxy's Prometheus metrics, served on the admin `/metrics`.
+//!
+//! Labels are bounded: services, route names, backends and reasons come from configuration
+//! or fixed lists, never from raw paths or client input.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    pub service: String,
+    pub route: String,
+    pub upstream: String,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: &'static str,
+    pub service: String,
+    pub route: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    service: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    service: String,
+    route: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectLabels {
+    direction: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    direction: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpLabels {
+    direction: &'static str,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpBytesLabels {
+    direction: &'static str,
+    service: String,
+    flow: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfigLabels {
+    version: String,
+}
+
+/// Latency buckets from 0.5 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0];
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    retries: Family<RouteLabels, Counter>,
+    retry_budget_exhausted: Family<RouteLabels, Counter>,
+    mirrors: Family<MirrorLabels, Counter>,
+    detections: Family<DetectLabels, Counter>,
+    proxy_errors: Family<ErrorLabels, Counter>,
+    tcp_connections: Family<TcpLabels, Counter>,
+    tcp_bytes: Family<TcpBytesLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+    config_info: Family<ConfigLabels, Gauge>,
+    current_version: Mutex<Option<String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("trellis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        let retries = Family::default();
+        let retry_budget_exhausted = Family::default();
+        let mirrors = Family::default();
+        let detections = Family::default();
+        let proxy_errors = Family::default();
+        let tcp_connections = Family::default();
+        let tcp_bytes = Family::default();
+        let reloads = Family::default();
+        let config_info = Family::default();
+        registry.register("requests", "HTTP requests handled, by status class (1xx..5xx)", requests.clone());
+        registry.register("request_duration_seconds", "Time from request to response headers", latency.clone());
+        registry.register("retries", "Extra attempts made by the retry element", retries.clone());
+        registry.register("retry_budget_exhausted", "Retries refused because the retry budget was spent", retry_budget_exhausted.clone());
+        registry.register("mirror_requests", "Copies sent by the mirror element, by outcome", mirrors.clone());
+        registry.register("protocol_detections", "Accepted connections by detected protocol or detection outcome", detections.clone());
+        registry.register("proxy_errors", "Responses the proxy produced itself, by reason", proxy_errors.clone());
+        registry.register("tcp_connections", "Opaque TCP connections forwarded", tcp_connections.clone());
+        registry.register("tcp_bytes", "Bytes forwarded on opaque TCP connections (flow: sent to upstream, received from upstream)", tcp_bytes.clone());
+        registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
+        registry.register("config_info", "The running configuration version (value 1)", config_info.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            retries,
+            retry_budget_exhausted,
+            mirrors,
+            detections,
+            proxy_errors,
+            tcp_connections,
+            tcp_bytes,
+            reloads,
+            config_info,
+            current_version: Mutex::new(None),
+        }
+    }
+
+    pub fn request(&self, labels: LatencyLabels, status: u16, elapsed: Duration) {
+        let status_class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels { direction: labels.direction, service: labels.service.clone(), route: labels.route.clone(), upstream: labels.upstream.clone(), status_class })
+            .inc();
+        self.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn retry(&self, service: &str, route: &str) {
+        self.retries.get_or_create(&RouteLabels { service: service.into(), route: route.into() }).inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, service: &str, route: &str) {
+        self.retry_budget_exhausted.get_or_create(&RouteLabels { service: service.into(), route: route.into() }).inc();
+    }
+
+    pub fn mirror(&self, service: &str, route: &str, outcome: &'static str) {
+        self.mirrors.get_or_create(&MirrorLabels { service: service.into(), route: route.into(), outcome }).inc();
+    }
+
+    pub fn detection(&self, direction: &'static str, outcome: &'static str) {
+        self.detections.get_or_create(&DetectLabels { direction, outcome }).inc();
+    }
+
+    pub fn proxy_error(&self, direction: &'static str, reason: &'static str) {
+        self.proxy_errors.get_or_create(&ErrorLabels { direction, reason }).inc();
+    }
+
+    pub fn tcp_connection(&self, direction: &'static str, service: &str, sent: u64, received: u64) {
+        let service = service.to_string();
+        self.tcp_connections.get_or_create(&TcpLabels { direction, service: service.clone() }).inc();
+        self.tcp_bytes.get_or_create(&TcpBytesLabels { direction, service: service.clone(), flow: "sent" }).inc_by(sent);
+        self.tcp_bytes.get_or_create(&TcpBytesLabels { direction, service, flow: "received" }).inc_by(received);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ReloadLabels { result: if ok { "applied" } else { "rejected" } }).inc();
+    }
+
+    pub fn config_version(&self, version: &str) {
+        let mut current = self.current_version.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = current.take() {
+            self.config_info.remove(&ConfigLabels { version: old });
+        }
+        self.config_info.get_or_create(&ConfigLabels { version: version.to_string() }).set(1);
+        *current = Some(version.to_string());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

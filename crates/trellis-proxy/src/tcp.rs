@@ -1,0 +1,58 @@
+//! Opaque TCP: connections the proxy carries byte for byte, balanced per connection.
+
+use crate::upstream::Connector;
+use crate::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where an opaque connection goes: a mesh service's endpoint, or a fixed address.
+pub enum TcpDestination {
+    Service(String),
+    Address(SocketAddr),
+}
+
+/// Copies bytes both ways between the client and the chosen upstream until both close.
+pub async fn forward<IO>(mut client: IO, destination: TcpDestination, direction: &'static str, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = shared.config();
+    let (addr, label, connect_timeout, stats) = match destination {
+        TcpDestination::Address(addr) => (addr, addr.to_string(), Duration::from_secs(1), None),
+        TcpDestination::Service(id) => {
+            let Some(service) = config.services.get(&id) else {
+                tracing::info!(service = %id, "opaque connection for an unknown service closed");
+                return;
+            };
+            let backend = &service.all;
+            let Some(index) = backend.balancer.pick(None, &|_| false) else {
+                tracing::info!(service = %id, "opaque connection closed: no-healthy-endpoints");
+                shared.runtime.metrics.proxy_error(direction, "no-healthy-endpoints");
+                return;
+            };
+            let target = &backend.endpoints[index];
+            (target.addr, backend.label.clone(), backend.connect_timeout, Some(target.stats.clone()))
+        }
+    };
+    drop(config);
+    let _in_flight = stats.as_ref().map(|s| s.start());
+    let connector: &Connector = shared.runtime.upstreams.connector();
+    let mut upstream = match connector.connect(addr, connect_timeout).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::info!(upstream = %label, endpoint = %addr, error = %e, "opaque connection closed: connect-failure");
+            shared.runtime.metrics.proxy_error(direction, "connect-failure");
+            return;
+        }
+    };
+    let (sent, received) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok(counts) => counts,
+        Err(e) => {
+            tracing::debug!(upstream = %label, error = %e, "opaque connection ended with an error");
+            (0, 0)
+        }
+    };
+    shared.runtime.metrics.tcp_connection(direction, &label, sent, received);
+}

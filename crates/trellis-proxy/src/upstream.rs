@@ -1,0 +1,188 @@
+//! Connections to upstream endpoints: connecting (with timeout and socket mark), pooling
+//! HTTP/1.1 keep-alive connections, and multiplexing HTTP/2 on one connection per endpoint.
+//!
+//! Pools are keyed by endpoint address and protocol and outlive configuration reloads.
+
+use crate::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 64;
+/// An idle HTTP/1.1 connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Wire {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connection refused or failed: {0}")]
+    Connect(std::io::Error),
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("connection reset or closed before a response: {0}")]
+    Reset(hyper::Error),
+}
+
+/// Opens TCP connections for the proxy.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    /// SO_MARK on upstream sockets so capture rules let them through; 0 = none.
+    pub mark: u32,
+}
+
+impl Connector {
+    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(UpstreamError::Connect)?;
+        if self.mark != 0 {
+            // Without CAP_NET_ADMIN the mark can't be set; capture then relies on uid rules.
+            if let Err(e) = socket2::SockRef::from(&socket).set_mark(self.mark) {
+                tracing::debug!(error = %e, "cannot set SO_MARK on upstream socket");
+            }
+        }
+        socket.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        match tokio::time::timeout(timeout, socket.connect(addr)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+            Err(_) => Err(UpstreamError::ConnectTimeout(timeout)),
+        }
+    }
+}
+
+/// All upstream connections of one proxy.
+pub struct Upstreams {
+    connector: Connector,
+    http1: Mutex<HashMap<SocketAddr, Arc<Mutex<Vec<IdleConnection>>>>>,
+    http2: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>>>,
+}
+
+struct IdleConnection {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+impl Upstreams {
+    pub fn new(connector: Connector) -> Self {
+        Upstreams { connector, http1: Mutex::default(), http2: Mutex::default() }
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    /// Sends a request to `addr`. For HTTP/1 the request URI must be in origin form; for
+    /// HTTP/2 it must carry scheme and authority.
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        wire: Wire,
+        request: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match wire {
+            Wire::Http1 => self.send_http1(addr, request, connect_timeout).await,
+            Wire::Http2 => self.send_http2(addr, request, connect_timeout).await,
+        }
+    }
+
+    async fn send_http1(&self, addr: SocketAddr, mut request: Request<Body>, connect_timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+        let upgrading = request.headers().contains_key(http::header::UPGRADE);
+        let idle = self.http1.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_default().clone();
+        // Reuse a pooled connection if one is alive; a request the pool could not even start
+        // on a stale connection is moved to a fresh one.
+        if !upgrading {
+            while let Some(mut sender) = take_idle(&idle) {
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        self.recycle(idle, sender);
+                        return Ok(response);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => request = unsent,
+                        None => return Err(UpstreamError::Reset(e.into_error())),
+                    },
+                }
+            }
+        }
+        let stream = self.connector.connect(addr, connect_timeout).await?;
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Reset)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        let response = sender.send_request(request).await.map_err(UpstreamError::Reset)?;
+        if !upgrading {
+            self.recycle(idle, sender);
+        }
+        Ok(response)
+    }
+
+    /// Returns the connection to the pool once the response body has been read.
+    fn recycle(&self, idle: Arc<Mutex<Vec<IdleConnection>>>, mut sender: http1::SendRequest<Body>) {
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < MAX_IDLE_PER_ENDPOINT {
+                    idle.push(IdleConnection { sender, since: Instant::now() });
+                }
+            }
+        });
+    }
+
+    async fn send_http2(&self, addr: SocketAddr, request: Request<Body>, connect_timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+        let slot = self.http2.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_default().clone();
+        let mut sender = {
+            // One connection per endpoint; concurrent first requests wait for the same connect.
+            let mut guard = slot.lock().await;
+            match guard.as_ref() {
+                Some(sender) if !sender.is_closed() => sender.clone(),
+                _ => {
+                    let stream = self.connector.connect(addr, connect_timeout).await?;
+                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(20))
+                        .keep_alive_timeout(Duration::from_secs(10))
+                        .initial_stream_window_size(1 << 20)
+                        .initial_connection_window_size(4 << 20)
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(UpstreamError::Reset)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+                        }
+                    });
+                    *guard = Some(sender.clone());
+                    sender
+                }
+            }
+        };
+        sender.ready().await.map_err(UpstreamError::Reset)?;
+        sender.send_request(request).await.map_err(UpstreamError::Reset)
+    }
+}
+
+fn take_idle(idle: &Mutex<Vec<IdleConnection>>) -> Option<http1::SendRequest<Body>> {
+    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(connection) = idle.pop() {
+        if connection.since.elapsed() < IDLE_TIMEOUT && connection.sender.is_ready() {
+            return Some(connection.sender);
+        }
+    }
+    None
+}

@@ -194,10 +194,7 @@ impl Default for EndpointStats {
 
 impl fmt::Debug for EndpointStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EndpointStats")
-            .field("in_flight", &self.in_flight())
-            .field("latency_estimate", &self.latency_estimate())
-            .finish()
+        f.debug_struct("EndpointStats").field("in_flight", &self.in_flight()).field("latency_estimate", &self.latency_estimate()).finish()
     }
 }
 
@@ -247,6 +244,8 @@ const RING_POINTS_PER_WEIGHT: u64 = 100;
 const RING_MAX: u64 = 100_000;
 /// Round-robin cycle length cap; weights are scaled down (approximately) above it.
 const ROUND_ROBIN_MAX: u64 = 65_536;
+/// Largest turns × endpoints for which the round-robin cycle is built nginx's way.
+const SMOOTH_BUDGET: u64 = 1 << 22;
 /// Steps to walk past skipped endpoints before checking whether any is left at all.
 const WALK_BEFORE_CHECK: usize = 16;
 /// Weighted draws tried before falling back to an exact scan of the allowed endpoints.
@@ -270,7 +269,10 @@ pub struct Balancer {
 enum Table {
     None,
     /// One cycle of smooth weighted round robin, and the shared position in it.
-    RoundRobin { cycle: Vec<u32>, next: AtomicUsize },
+    RoundRobin {
+        cycle: Vec<u32>,
+        next: AtomicUsize,
+    },
     /// Ring points sorted by hash.
     Ring(Vec<(u64, u32)>),
     /// Maglev lookup table of `MAGLEV_SIZE` endpoint indices.
@@ -349,18 +351,15 @@ impl Balancer {
         match (&self.table, hash) {
             (Table::RoundRobin { cycle, next }, _) => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                self.walk(cycle.len(), start, |k| cycle[k] as usize, skip)
-                    .or_else(|| self.draw(&mut rng, skip))
+                self.walk(cycle.len(), start, |k| cycle[k] as usize, skip).or_else(|| self.draw(&mut rng, skip))
             }
             (Table::Ring(ring), Some(hash)) => {
                 let start = ring.partition_point(|&(point, _)| point < hash);
-                self.walk(ring.len(), start, |k| ring[k].1 as usize, skip)
-                    .or_else(|| self.rendezvous(hash, skip))
+                self.walk(ring.len(), start, |k| ring[k].1 as usize, skip).or_else(|| self.rendezvous(hash, skip))
             }
             (Table::Maglev(table), Some(hash)) => {
                 let start = (hash % table.len().max(1) as u64) as usize;
-                self.walk(table.len(), start, |k| table[k] as usize, skip)
-                    .or_else(|| self.rendezvous(hash, skip))
+                self.walk(table.len(), start, |k| table[k] as usize, skip).or_else(|| self.rendezvous(hash, skip))
             }
             _ => match self.algorithm {
                 Algorithm::LeastRequest => self.two_choices(&mut rng, skip, |e| e.stats.in_flight() as f64),
@@ -398,10 +397,10 @@ impl Balancer {
         let Some(b) = self.draw(rng, &|i| i == a || skip(i)) else {
             return Some(a);
         };
-        // Cross-multiplied: load_a / w_a <= load_b / w_b.
+        // Cross-multiplied load_a / w_a against load_b / w_b.
         let cost_a = load(&self.endpoints[a]) * self.weights[b] as f64;
         let cost_b = load(&self.endpoints[b]) * self.weights[a] as f64;
-        // `!(b < a)` rather than `a <= b` so a NaN (which cannot arise) still picks one.
+        // Only strictly cheaper wins, so a tie (or a NaN, which cannot arise) keeps `a`.
         if cost_b < cost_a { Some(b) } else { Some(a) }
     }
 
@@ -470,12 +469,14 @@ impl fmt::Debug for Balancer {
     }
 }
 
-/// One cycle of smooth weighted round robin. Each endpoint's `c`-th turn is placed at
-/// virtual time `(c + ½) / weight` and turns are taken in time order (earliest deadline
-/// first, as Envoy schedules weighted round robin; the ½ offset is the Sainte-Laguë
-/// apportionment sequence). Like nginx's smooth WRR this interleaves turns evenly
-/// (weights 5,1,1 give a a b a c a a rather than a a a a a b c), but it builds a cycle in
-/// O(T log N) instead of O(T·N), after which a pick is one atomic increment.
+/// One cycle of smooth weighted round robin, so that a pick is one atomic increment.
+///
+/// Computed with nginx's algorithm (each step every endpoint gains its weight, the
+/// richest is chosen and pays the total), which interleaves turns evenly: weights 5,1,1
+/// give a a b a c a a, not a a a a a b c. That costs O(T·N) for a cycle of T turns over
+/// N endpoints, so past `SMOOTH_BUDGET` the cycle is built earliest-deadline-first
+/// instead (as Envoy schedules weighted round robin; turn `c` of an endpoint is due at
+/// `(c + ½) / weight`), which is as even up to ties and costs O(T log N).
 fn round_robin_cycle(weights: &[u64]) -> Vec<u32> {
     let g = weights.iter().copied().fold(0, gcd).max(1);
     let mut w: Vec<u64> = weights.iter().map(|w| w / g).collect();
@@ -487,7 +488,27 @@ fn round_robin_cycle(weights: &[u64]) -> Vec<u32> {
         }
     }
     let total: u64 = w.iter().sum();
+    if total.saturating_mul(w.len() as u64) <= SMOOTH_BUDGET { nginx_cycle(&w, total) } else { deadline_cycle(&w, total) }
+}
 
+fn nginx_cycle(w: &[u64], total: u64) -> Vec<u32> {
+    let mut current = vec![0i64; w.len()];
+    let mut cycle = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i] as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total as i64;
+        cycle.push(best as u32);
+    }
+    cycle
+}
+
+fn deadline_cycle(w: &[u64], total: u64) -> Vec<u32> {
     #[derive(PartialEq, Eq)]
     struct Turn {
         turn: u64,
@@ -509,8 +530,7 @@ fn round_robin_cycle(weights: &[u64]) -> Vec<u32> {
         }
     }
 
-    let mut heap: BinaryHeap<Turn> =
-        w.iter().enumerate().map(|(i, &weight)| Turn { turn: 0, weight, index: i as u32 }).collect();
+    let mut heap: BinaryHeap<Turn> = w.iter().enumerate().map(|(i, &weight)| Turn { turn: 0, weight, index: i as u32 }).collect();
     let mut cycle = Vec::with_capacity(total as usize);
     while (cycle.len() as u64) < total {
         let Some(mut t) = heap.pop() else { break };
@@ -629,23 +649,15 @@ fn xxh64(input: &[u8], seed: u64) -> u64 {
 
     let mut rest = input;
     let mut h = if input.len() >= 32 {
-        let mut v = [
-            seed.wrapping_add(P1).wrapping_add(P2),
-            seed.wrapping_add(P2),
-            seed,
-            seed.wrapping_sub(P1),
-        ];
+        let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
         while rest.len() >= 32 {
             for (k, lane) in v.iter_mut().enumerate() {
                 *lane = round(*lane, u64_at(&rest[k * 8..]));
             }
             rest = &rest[32..];
         }
-        let mut h = v[0]
-            .rotate_left(1)
-            .wrapping_add(v[1].rotate_left(7))
-            .wrapping_add(v[2].rotate_left(12))
-            .wrapping_add(v[3].rotate_left(18));
+        let mut h =
+            v[0].rotate_left(1).wrapping_add(v[1].rotate_left(7)).wrapping_add(v[2].rotate_left(12)).wrapping_add(v[3].rotate_left(18));
         for lane in v {
             h = merge(h, lane);
         }
@@ -712,14 +724,9 @@ mod tests {
     #[test]
     fn every_algorithm_follows_weights() {
         let weights = [1, 2, 3, 4];
-        for algorithm in [
-            Algorithm::RoundRobin,
-            Algorithm::Random,
-            Algorithm::LeastRequest,
-            Algorithm::PeakEwma,
-            Algorithm::RingHash,
-            Algorithm::Maglev,
-        ] {
+        for algorithm in
+            [Algorithm::RoundRobin, Algorithm::Random, Algorithm::LeastRequest, Algorithm::PeakEwma, Algorithm::RingHash, Algorithm::Maglev]
+        {
             let b = Balancer::new(algorithm, endpoints(&weights));
             let got = shares(&b, 40_000, |k| Some(hash_key(format!("user-{k}").as_bytes())));
             assert_shares(algorithm, &got, &weights);
@@ -731,21 +738,25 @@ mod tests {
 
     #[test]
     fn round_robin_is_exact_and_smooth() {
+        assert_eq!(round_robin_cycle(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(round_robin_cycle(&[20, 4, 4]), [0, 0, 1, 0, 2, 0, 0], "reduced by the gcd");
+        assert_eq!(round_robin_cycle(&[1, 1, 1]), [0, 1, 2]);
+        // Picks walk the cycle from a random start.
         let b = Balancer::new(Algorithm::RoundRobin, endpoints(&[5, 1, 1]));
-        let picks: Vec<usize> = (0..7).map(|_| b.pick(None, NO_SKIP).unwrap()).collect();
         let mut counts = [0; 3];
-        picks.iter().for_each(|&i| counts[i] += 1);
+        for _ in 0..7 {
+            counts[b.pick(None, NO_SKIP).unwrap()] += 1;
+        }
         assert_eq!(counts, [5, 1, 1]);
-        // Smooth: the heavy endpoint never takes more than 3 turns in a row (nginx: 2).
-        let cycle: Vec<usize> = picks.iter().chain(&picks).copied().collect();
-        assert!(cycle.windows(4).all(|w| !w.iter().all(|&i| i == 0)), "{picks:?}");
-        // Equal weights are a plain rotation.
-        let b = Balancer::new(Algorithm::RoundRobin, endpoints(&[3, 3, 3]));
-        let picks: Vec<usize> = (0..6).map(|_| b.pick(None, NO_SKIP).unwrap()).collect();
-        assert_eq!(picks[0..3], picks[3..6]);
-        let mut first: Vec<usize> = picks[0..3].to_vec();
-        first.sort();
-        assert_eq!(first, [0, 1, 2]);
+        // Large sets take the deadline path, which is just as exact and even.
+        let weights: Vec<u64> = (0..3000).map(|i| 1 + i % 3).collect();
+        let cycle = round_robin_cycle(&weights);
+        assert_eq!(cycle.len(), 6000);
+        let mut counts = vec![0u64; 3000];
+        cycle.iter().for_each(|&i| counts[i as usize] += 1);
+        assert_eq!(counts, weights);
+        let heavy_in_first_half = cycle[..3000].iter().filter(|&&i| i % 3 == 2).count();
+        assert!((1400..=1600).contains(&heavy_in_first_half), "{heavy_in_first_half}");
     }
 
     #[test]
@@ -906,14 +917,9 @@ mod tests {
 
     #[test]
     fn skip_is_honoured_and_degrades_when_all_skipped() {
-        for algorithm in [
-            Algorithm::RoundRobin,
-            Algorithm::Random,
-            Algorithm::LeastRequest,
-            Algorithm::PeakEwma,
-            Algorithm::RingHash,
-            Algorithm::Maglev,
-        ] {
+        for algorithm in
+            [Algorithm::RoundRobin, Algorithm::Random, Algorithm::LeastRequest, Algorithm::PeakEwma, Algorithm::RingHash, Algorithm::Maglev]
+        {
             let b = Balancer::new(algorithm, endpoints(&[5, 1, 1, 1]));
             for k in 0..500 {
                 let h = Some(hash_key(&(k as u64).to_le_bytes()));

@@ -183,13 +183,7 @@ impl RunningConfig {
 }
 
 fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return authority.split(']').next().map(|h| &h[1..]).unwrap_or(authority);
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    }
+    crate::routing::split_host_port(authority).0
 }
 
 /// Authorities that name a service.

@@ -127,6 +127,20 @@ pub fn authority_of<B>(request: &Request<B>) -> String {
     request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string()
 }
 
+/// Splits `host:port`, `[v6]:port` or a bare host.
+pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':')),
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
+        _ => (authority, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,11 @@ pub async fn send(upstreams: &Upstreams, addr: SocketAddr, label: &str, wire: Wi
             let reason = match &e {
                 UpstreamError::Connect(_) => Reason::ConnectFailure,
                 UpstreamError::ConnectTimeout(_) => Reason::ConnectTimeout,
+                // The request body we were streaming failed: the client's input was bad
+                // (e.g. an invalid chunk size) or cut off, not the upstream's fault.
+                UpstreamError::Reset(h) if h.is_user() => {
+                    return ProxyError::new(Reason::BadRequest, format!("the request body could not be read: {h}")).into_response(grpc);
+                }
                 UpstreamError::Reset(_) => Reason::UpstreamReset,
             };
             ProxyError::new(reason, e.to_string()).upstream(label).endpoint(addr).into_response(grpc)

@@ -2,7 +2,7 @@
 
 use crate::body::{self, Body};
 use crate::chain::{BoxFuture, Element, Next};
-use crate::routing::authority_of;
+use crate::routing::{authority_of, split_host_port};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 
 pub struct Redirect {
@@ -16,10 +16,8 @@ impl Redirect {
 
     fn location<B>(&self, request: &Request<B>) -> String {
         let authority = authority_of(request);
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']') || !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => (h.to_string(), Some(p.to_string())),
-            _ => (authority.clone(), None),
-        };
+        let (host, port) = split_host_port(&authority);
+        let (host, port) = (host.to_string(), port.map(str::to_string));
         let scheme = self.spec.scheme.clone().unwrap_or_else(|| "http".into());
         let host = self.spec.host.clone().unwrap_or(host);
         let port = self.spec.port.map(|p| p.to_string()).or(if self.spec.host.is_some() || self.spec.scheme.is_some() { None } else { port });

@@ -1,0 +1,194 @@
+//! Every protocol passes through two proxies in explicit mode on loopback:
+//! client → proxy A (explicit port bound to a service) → proxy B (inbound) → backend.
+//! Endpoints are `meshed`, so HTTP/1.1 crosses between the proxies as HTTP/2.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::Command;
+use support::{TestProxy, free_port};
+use trellis_testkit::backend::spawn_backend;
+
+/// A server-side proxy whose inbound listener forwards to `app`.
+fn inbound_proxy(app: SocketAddr) -> (TestProxy, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let proxy = TestProxy::start(&format!("kind: Proxy\nadmin: '{{admin}}'\ninbound: {{listen: '{listen}', forward: '{app}'}}\n"));
+    (proxy, listen)
+}
+
+struct Mesh {
+    client_proxy: TestProxy,
+    server_proxies: Vec<TestProxy>,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    tcp: SocketAddr,
+    _backends: Vec<trellis_testkit::process::ChildProcess>,
+}
+
+fn mesh() -> Mesh {
+    let (http_backend, http_addr) = spawn_backend(&["http", "--name", "web"]);
+    let (grpc_backend, grpc_addr) = spawn_backend(&["grpc", "--name", "echo"]);
+    let (tcp_backend, tcp_addr) = spawn_backend(&["tcp-echo"]);
+    let (web_in, web_in_addr) = inbound_proxy(http_addr);
+    let (grpc_in, grpc_in_addr) = inbound_proxy(grpc_addr);
+    let (tcp_in, tcp_in_addr) = inbound_proxy(tcp_addr);
+    let (http, grpc, tcp) = (free_port(), free_port(), free_port());
+    let client_proxy = TestProxy::start(&format!(
+        r#"
+kind: Proxy
+admin: '{{admin}}'
+explicit:
+  - {{listen: '127.0.0.1:{http}', service: web}}
+  - {{listen: '127.0.0.1:{grpc}', service: echo}}
+  - {{listen: '127.0.0.1:{tcp}', service: raw}}
+---
+kind: Service
+name: web
+---
+kind: Service
+name: echo
+ports: [{{port: 9090, protocol: grpc}}]
+---
+kind: Service
+name: raw
+ports: [{{port: 7000, protocol: tcp}}]
+---
+kind: Endpoints
+service: web
+endpoints: [{{address: '{web_in_addr}', meshed: true}}]
+---
+kind: Endpoints
+service: echo
+endpoints: [{{address: '{grpc_in_addr}', meshed: true}}]
+---
+kind: Endpoints
+service: raw
+endpoints: [{{address: '{tcp_in_addr}', meshed: true}}]
+"#
+    ));
+    Mesh {
+        client_proxy,
+        server_proxies: vec![web_in, grpc_in, tcp_in],
+        http: format!("127.0.0.1:{http}").parse().unwrap(),
+        grpc: format!("127.0.0.1:{grpc}").parse().unwrap(),
+        tcp: format!("127.0.0.1:{tcp}").parse().unwrap(),
+        _backends: vec![http_backend, grpc_backend, tcp_backend],
+    }
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl").args(["-s", "-S", "-m", "20"]).args(args).output().expect("run curl");
+    assert!(out.status.success(), "curl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_protocol_crosses_two_proxies_in_explicit_mode() {
+    let mesh = mesh();
+    let base = format!("http://{}", mesh.http);
+
+    // HTTP/1.1 from curl: the app sees HTTP/1.1 even though the proxies spoke HTTP/2.
+    let (body, _) = curl(&[&format!("{base}/hello?x=1"), "-H", "x-test: 1"]);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["server"], "web");
+    assert_eq!(json["version"], "HTTP/1.1");
+    assert_eq!(json["path"], "/hello?x=1");
+    assert_eq!(json["headers"]["x-test"], "1");
+    assert!(json["headers"].get("x-trellis-orig-proto").is_none(), "marker header leaked to the app: {json}");
+    let web_in = &mesh.server_proxies[0];
+    assert!(web_in.metric_sum("trellis_protocol_detections_total", &["direction=\"inbound\"", "outcome=\"http2\""]) >= 1.0, "proxy-to-proxy hop was not HTTP/2:\n{}", web_in.metrics());
+
+    // HTTP/2 prior knowledge from curl.
+    let (body, _) = curl(&["--http2-prior-knowledge", &format!("{base}/h2")]);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["version"], "HTTP/2.0");
+
+    // A chunked upload (curl adds Expect: 100-continue for a large body) streams to /echo.
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let dir = support::TempDir::new();
+    let file = dir.0.join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-S", "-m", "20", "-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{base}/echo"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), payload.len());
+    assert!(out.stdout == payload, "echoed body differs");
+
+    // Keep-alive: several requests on one connection.
+    let (body, stderr) = curl(&["-v", &format!("{base}/a"), &format!("{base}/b"), &format!("{base}/c")]);
+    assert_eq!(body.matches("\"server\":\"web\"").count() + body.matches("\"server\": \"web\"").count(), 3, "{body}");
+    assert!(stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing connection"), "curl did not reuse the connection:\n{stderr}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // WebSocket upgrade.
+        let echoes = trellis_testkit::ws::ws_echo_roundtrip(&format!("ws://{}/ws", mesh.http), &["one", "two"]).await.unwrap();
+        assert_eq!(echoes, vec!["one", "two"]);
+
+        // gRPC unary and bidirectional streaming.
+        let mut client = trellis_testkit::grpc::echo_client(mesh.grpc).await.unwrap();
+        let reply = client.unary(trellis_testkit::grpc::echo_request("ping")).await.unwrap().into_inner();
+        assert_eq!((reply.message.as_str(), reply.server.as_str()), ("ping", "echo"));
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut replies = client.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        for word in ["a", "b", "c"] {
+            // Each message is sent only after the previous reply arrived: truly streaming.
+            tx.send(trellis_testkit::grpc::echo_request(word)).await.unwrap();
+            let reply = replies.message().await.unwrap().expect("a reply");
+            assert_eq!(reply.message, word);
+        }
+        drop(tx);
+        assert!(replies.message().await.unwrap().is_none());
+        // Server streaming ends with trailers carrying status OK.
+        let mut stream = client
+            .server_stream(trellis_testkit::echo_proto::EchoRequest { message: "s".into(), count: 3, fail_code: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(_reply) = stream.message().await.unwrap() {
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        // A gRPC error status travels in the trailers to the client.
+        let status = client
+            .unary(trellis_testkit::echo_proto::EchoRequest { message: "x".into(), count: 0, fail_code: 5 })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    });
+
+    // Raw TCP.
+    let mut stream = std::net::TcpStream::connect(mesh.tcp).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    stream.write_all(b"hello over tcp").unwrap();
+    let mut buf = [0u8; 14];
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello over tcp");
+    drop(stream);
+    let _ = &mesh.client_proxy;
+}
+
+#[test]
+fn server_speaks_first_protocols_do_not_stall() {
+    let (_backend, addr) = spawn_backend(&["server-first", "--greeting", "220 smtp.example ready"]);
+    let port = free_port();
+    let proxy = TestProxy::start(&format!(
+        "kind: Proxy\nadmin: '{{admin}}'\ndetectTimeout: 200ms\nexplicit: [{{listen: '127.0.0.1:{port}', service: smtp}}]\n---\nkind: Endpoints\nservice: smtp\nendpoints: [{{address: '{addr}'}}]\n"
+    ));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut greeting = [0u8; 24];
+    stream.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"220 smtp.example ready\r\n");
+    stream.write_all(b"EHLO me\r\n").unwrap();
+    let mut echo = [0u8; 9];
+    stream.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"EHLO me\r\n");
+    assert_eq!(proxy.metric_sum("trellis_protocol_detections_total", &["outcome=\"timeout\""]), 1.0, "{}", proxy.metrics());
+}

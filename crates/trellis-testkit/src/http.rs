@@ -1,0 +1,187 @@
+//! Small HTTP helpers for tests: free ports, waiting for a listener, and a
+//! plain-text HTTP/1.1 / prior-knowledge HTTP/2 client (hyper_util's legacy
+//! client, no TLS) that returns whole responses.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+
+use crate::BoxError;
+
+/// Request body type of [`client`].
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+
+/// Upper bound on one request in the helpers below, so a broken proxy fails
+/// the test instead of hanging it.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A fully read response.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    /// The body as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("response body is not JSON: {:?}", self.text()))
+    }
+
+    /// A header value as a string, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago. Racy by nature;
+/// prefer `--listen 127.0.0.1:0` where the server supports it.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"))
+}
+
+/// Waits until a TCP connection to `addr` succeeds.
+pub async fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await;
+        match attempt {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
+                bail!("{addr} not accepting connections after {timeout:?}: {e}")
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                bail!("{addr} not accepting connections after {timeout:?}: connect timed out")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Blocking [`wait_for_tcp`], for code outside a tokio runtime.
+pub fn wait_for_tcp_blocking(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                bail!("{addr} not accepting connections after {timeout:?}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A fresh client (no pooling shared with other tests). `http2` selects
+/// prior-knowledge HTTP/2 (h2c); otherwise HTTP/1.1.
+pub fn client(http2: bool) -> Client<HttpConnector, ClientBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .http2_only(http2)
+        .build(connector)
+}
+
+/// A complete request body.
+pub fn full_body(body: impl Into<Bytes>) -> ClientBody {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+/// A request body fed chunk by chunk through the returned sender; it ends
+/// when the sender is dropped.
+pub fn streaming_body() -> (mpsc::Sender<Bytes>, ClientBody) {
+    let (tx, rx) = mpsc::channel(16);
+    (tx, ChannelBody { rx }.boxed())
+}
+
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// GET over HTTP/1.1.
+pub async fn get(url: &str) -> anyhow::Result<HttpResponse> {
+    request(Method::GET, url, &[], Bytes::new(), false).await
+}
+
+/// GET over prior-knowledge HTTP/2.
+pub async fn get_h2(url: &str) -> anyhow::Result<HttpResponse> {
+    request(Method::GET, url, &[], Bytes::new(), true).await
+}
+
+/// Sends one request (`http://` URLs only) and reads the whole response.
+pub async fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+    http2: bool,
+) -> anyhow::Result<HttpResponse> {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder
+        .body(full_body(body))
+        .with_context(|| format!("building request for {url}"))?;
+    send(req, http2).await
+}
+
+/// Sends a prepared request on a fresh [`client`] and reads the whole
+/// response, within [`REQUEST_TIMEOUT`].
+pub async fn send(req: Request<ClientBody>, http2: bool) -> anyhow::Result<HttpResponse> {
+    let what = format!("{} {}", req.method(), req.uri());
+    let fut = async {
+        let resp = client(http2).request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        anyhow::Ok(HttpResponse {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .with_context(|| format!("{what} timed out after {REQUEST_TIMEOUT:?}"))?
+        .with_context(|| what)
+}

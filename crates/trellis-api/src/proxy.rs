@@ -29,6 +29,10 @@ pub struct ProxySettings {
     /// SO_MARK set on the proxy's own upstream sockets, so capture rules can exclude them.
     #[serde(default = "ProxySettings::default_mark")]
     pub mark: u32,
+    /// Where to write access logs (one JSON line per request): `stdout`, `stderr` or a file
+    /// path. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
 }
 
 impl ProxySettings {
@@ -57,6 +61,7 @@ impl Default for ProxySettings {
             detect_timeout: Self::default_detect_timeout(),
             drain_timeout: Self::default_drain_timeout(),
             mark: Self::default_mark(),
+            access_log: None,
         }
     }
 }

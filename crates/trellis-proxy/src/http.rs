@@ -111,6 +111,10 @@ impl Handler {
         request.extensions_mut().insert(self.connection.clone());
         let grpc = is_grpc(request.headers());
         let direction = self.side.direction();
+        // Kept for the access log; the request itself moves into the chain.
+        let logged = self.shared.access_log.as_ref().map(|_| {
+            (request.method().clone(), crate::routing::authority_of(&request), request.uri().path().to_string(), request.version())
+        });
 
         let (service_label, route_label, response) = match &self.side {
             Side::Inbound { app } => {
@@ -155,11 +159,32 @@ impl Handler {
             tracing::info!(direction, service = %service_label, route = %route_label, peer = %self.connection.peer, error = %error, "proxy answered with an error");
         }
         let upstream = if upstream.is_empty() { response.extensions().get::<ProxyError>().and_then(|e| e.upstream.clone()).unwrap_or_default() } else { upstream };
-        self.shared.runtime.metrics.request(
-            LatencyLabels { direction, service: service_label, route: route_label, upstream },
-            response.status().as_u16(),
-            started.elapsed(),
-        );
+        let elapsed = started.elapsed();
+        if let (Some(log), Some((method, authority, path, version))) = (&self.shared.access_log, logged) {
+            let error = response.extensions().get::<ProxyError>();
+            log.record(&crate::access_log::Entry {
+                time: crate::access_log::rfc3339(std::time::SystemTime::now()),
+                direction,
+                service: &service_label,
+                route: &route_label,
+                upstream: &upstream,
+                endpoint: response
+                    .extensions()
+                    .get::<UpstreamLabel>()
+                    .map(|u| u.endpoint.to_string())
+                    .or_else(|| error.and_then(|e| e.endpoint).map(|e| e.to_string())),
+                method: method.as_str(),
+                authority: &authority,
+                path: &path,
+                protocol: if version == http::Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" },
+                status: response.status().as_u16(),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                attempts: response.extensions().get::<crate::elements::Attempts>().map(|a| a.0).unwrap_or(1),
+                error: error.map(|e| e.reason.as_str()),
+                peer: self.connection.peer.to_string(),
+            });
+        }
+        self.shared.runtime.metrics.request(LatencyLabels { direction, service: service_label, route: route_label, upstream }, response.status().as_u16(), elapsed);
         response
     }
 }

@@ -10,6 +10,7 @@
 //! on the version they started with. On SIGTERM the proxy drains: it stops accepting, lets
 //! connections finish up to a deadline, then exits.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub inbound_chain: Vec<Arc<dyn chain::Element>>,
     /// Fixed application address for inbound traffic; `None` = original destination.
     pub inbound_forward: Option<SocketAddr>,
+    /// Fixed at start, like the listeners.
+    pub access_log: Option<access_log::AccessLog>,
     drain: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
@@ -148,12 +151,17 @@ impl Proxy {
         let runtime = Runtime { upstreams: upstreams.clone(), endpoints: EndpointRegistry::default(), metrics: metrics.clone() };
         let running = RunningConfig::compile(documents, &runtime)?;
         metrics.config_version(&running.version);
+        let access_log = match &settings.access_log {
+            Some(target) => Some(access_log::AccessLog::open(target).await?),
+            None => None,
+        };
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(running),
             runtime,
             inbound_chain: http::direct_chain(upstreams),
             inbound_forward: settings.inbound.as_ref().and_then(|i| i.forward),
+            access_log,
             drain,
             active: AtomicUsize::new(0),
             idle: Notify::new(),

@@ -158,10 +158,13 @@ fn rewrites_redirects_and_direct_responses() {
 fn proxy_errors_name_their_reason() {
     let dead = free_port(); // nothing listens here
     let (port, empty_port) = (free_port(), free_port());
+    let logs = support::TempDir::new();
+    let log_path = logs.0.join("access.log");
     let proxy = TestProxy::start(&format!(
         r#"
 kind: Proxy
 admin: '{{admin}}'
+accessLog: '{}'
 explicit:
   - {{listen: '127.0.0.1:{port}', service: gone}}
   - {{listen: '127.0.0.1:{empty_port}', service: empty}}
@@ -173,7 +176,8 @@ endpoints: [{{address: '127.0.0.1:{dead}'}}]
 kind: Endpoints
 service: empty
 endpoints: []
-"#
+"#,
+        log_path.display()
     ));
     rt().block_on(async {
         let r = http::get(&format!("http://127.0.0.1:{port}/")).await.unwrap();
@@ -192,4 +196,22 @@ endpoints: []
     });
     assert_eq!(proxy.metric_sum("trellis_proxy_errors_total", &["reason=\"connect-failure\""]), 1.0);
     assert_eq!(proxy.metric_sum("trellis_proxy_errors_total", &["reason=\"no-healthy-endpoints\""]), 2.0);
+
+    // The access log carries the same reasons, one JSON line per request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["error"], "connect-failure");
+    assert_eq!(lines[0]["endpoint"], format!("127.0.0.1:{dead}"));
+    assert_eq!(lines[0]["status"], 503);
+    assert_eq!(lines[0]["service"], "gone.default");
+    assert_eq!(lines[2]["error"], "no-healthy-endpoints");
+    assert_eq!(lines[2]["protocol"], "HTTP/2");
 }

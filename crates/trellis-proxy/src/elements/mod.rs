@@ -15,6 +15,7 @@ mod timeout;
 
 pub use balance::{SelectedTarget, TriedEndpoints};
 pub use forward::{Forward, ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
+pub use retry::Attempts;
 pub use split::SelectedBackend;
 
 use crate::chain::Element;

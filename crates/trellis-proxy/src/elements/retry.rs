@@ -16,6 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trellis_api::{RetryOn, Retries};
 
+/// How many attempts a request took, for access logs.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempts(pub u32);
+
 pub struct Retry {
     attempts: u32,
     on: Vec<RetryOn>,
@@ -107,8 +111,9 @@ impl Element for Retry {
                 *request.headers_mut() = parts.headers.clone();
                 *request.extensions_mut() = parts.extensions.clone();
                 request.extensions_mut().insert(tried.clone());
-                let response = self.attempt(request, next).await;
+                let mut response = self.attempt(request, next).await;
                 attempt += 1;
+                response.extensions_mut().insert(Attempts(attempt));
                 if attempt >= self.attempts || !self.retryable(&response) {
                     return response;
                 }

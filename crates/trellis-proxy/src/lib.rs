@@ -53,6 +53,12 @@ pub struct Shared {
     source: PathBuf,
     loaded_at: Mutex<SystemTime>,
     last_reload_error: Mutex<Option<String>>,
+    /// Digest of the file text last tried; also serializes reloads.
+    last_tried: Mutex<Option<u64>>,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |hash, b| (hash ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
 impl Shared {
@@ -90,9 +96,30 @@ impl Shared {
     }
 
     /// Reads the configuration file again and switches to it if it is valid. An invalid
-    /// file leaves the running configuration in place.
+    /// file leaves the running configuration in place. SIGHUP and the file watcher both
+    /// land here; a file identical to the last one tried is not tried again, so one edit
+    /// is one reload whichever trigger saw it first.
     pub fn reload(&self) -> Result<String, String> {
-        let result = trellis_api::parse_file(&self.source)
+        let mut last_tried = self.last_tried.lock().unwrap_or_else(|e| e.into_inner());
+        let name = self.source.display().to_string();
+        let text = match std::fs::read_to_string(&self.source) {
+            Ok(text) => text,
+            Err(e) => {
+                let e = format!("{name}: cannot read the file: {e}");
+                tracing::error!("configuration rejected, keeping version {}: {e}", self.config().version);
+                *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                return Err(e);
+            }
+        };
+        let digest = fnv1a(text.as_bytes());
+        if *last_tried == Some(digest) {
+            return match self.last_reload_error() {
+                Some(e) => Err(e),
+                None => Ok(self.config().version.clone()),
+            };
+        }
+        *last_tried = Some(digest);
+        let result = trellis_api::parse_documents(&text, &name)
             .map_err(|e| e.to_string())
             .and_then(|docs| RunningConfig::compile(docs, &self.runtime).map_err(|e| e.to_string()));
         match result {
@@ -138,7 +165,8 @@ pub struct Proxy {
 impl Proxy {
     /// Loads `path`, binds every listener it declares, and starts serving.
     pub async fn start(path: PathBuf) -> anyhow::Result<Proxy> {
-        let documents = trellis_api::parse_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let initial_text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", path.display()))?;
+        let documents = trellis_api::parse_documents(&initial_text, &path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
         let metrics = Arc::new(metrics::Metrics::new());
         let settings = documents
             .iter()
@@ -168,6 +196,7 @@ impl Proxy {
             source: path,
             loaded_at: Mutex::new(SystemTime::now()),
             last_reload_error: Mutex::new(None),
+            last_tried: Mutex::new(Some(fnv1a(initial_text.as_bytes()))),
         });
 
         let bind = |addr: SocketAddr, what: &'static str| async move {

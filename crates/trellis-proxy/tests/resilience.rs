@@ -125,3 +125,23 @@ fn peak_ewma_prefers_the_fast_backend() {
         assert!(share >= 0.8, "fast backend got only {:.0}%: {backends:?}", share * 100.0);
     });
 }
+
+#[test]
+fn per_try_timeout_moves_a_stuck_attempt_to_another_endpoint() {
+    let (_fast, fast) = spawn_backend(&["http", "--name", "fast"]);
+    let (_stuck, stuck) = spawn_backend(&["http", "--name", "stuck", "--delay", "5s"]);
+    let port = free_port();
+    let _proxy = TestProxy::start(&two_backend_config(
+        port,
+        fast,
+        stuck,
+        "{name: all, timeout: 3s, retries: {attempts: 2, on: [gateway-error], perTryTimeout: 100ms, budget: {ratio: 100%}}}",
+        "round-robin",
+    ));
+    rt().block_on(async {
+        let (statuses, backends) = load(&format!("http://127.0.0.1:{port}/"), 20, 4).await;
+        assert_eq!(statuses.get(&200), Some(&20), "{statuses:?}");
+        assert_eq!(backends.get("fast"), Some(&20), "{backends:?}");
+        assert!(served(stuck).await > 0, "the stuck backend was never tried");
+    });
+}

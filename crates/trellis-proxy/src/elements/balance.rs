@@ -8,6 +8,7 @@ use crate::errors::{ProxyError, Reason, is_grpc};
 use super::SelectedBackend;
 use http::{Request, Response};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use trellis_api::HashOn;
 
@@ -15,9 +16,11 @@ use trellis_api::HashOn;
 #[derive(Clone)]
 pub struct SelectedTarget(pub Target);
 
-/// Endpoints that already failed this request, avoided by later attempts while others exist.
+/// Endpoints earlier attempts of this request went to (put in place by `retry`); later
+/// attempts avoid them while others exist. Shared, because an attempt that timed out
+/// leaves no response to say where it went.
 #[derive(Clone, Default)]
-pub struct TriedEndpoints(pub Vec<SocketAddr>);
+pub struct TriedEndpoints(pub Arc<Mutex<Vec<SocketAddr>>>);
 
 pub struct Balance;
 
@@ -33,14 +36,19 @@ impl Element for Balance {
                 return ProxyError::new(Reason::Internal, "balance without a selected backend").into_response(grpc);
             };
             let hash = hash_of(&request, backend.hash_on.as_ref());
-            let tried = request.extensions().get::<TriedEndpoints>().cloned().unwrap_or_default();
-            let skip = |i: usize| tried.0.contains(&backend.endpoints[i].addr);
+            let tried = request.extensions().get::<TriedEndpoints>().cloned();
+            let avoid: Vec<SocketAddr> = tried.as_ref().map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
+            let skip = |i: usize| avoid.contains(&backend.endpoints[i].addr);
             let Some(index) = backend.balancer.pick(hash, &skip) else {
                 return ProxyError::new(Reason::NoHealthyEndpoints, "the destination has no endpoints")
                     .upstream(&backend.label)
                     .into_response(grpc);
             };
             let target = backend.endpoints[index].clone();
+            tracing::debug!(backend = %backend.label, endpoint = %target.addr, avoided = ?avoid, "picked endpoint");
+            if let Some(tried) = &tried {
+                tried.0.lock().unwrap_or_else(|e| e.into_inner()).push(target.addr);
+            }
             let _in_flight = target.stats.start();
             request.extensions_mut().insert(SelectedTarget(target.clone()));
             let started = Instant::now();

@@ -97,7 +97,7 @@ impl Element for Retry {
             self.budget.deposit();
             let (parts, body) = request.into_parts();
             let replay = Replay::new(body, REPLAY_LIMIT);
-            let mut tried = TriedEndpoints::default();
+            let tried = TriedEndpoints::default();
             let mut attempt = 0;
             let mut body = replay.attempt();
             loop {
@@ -116,9 +116,6 @@ impl Element for Retry {
                 response.extensions_mut().insert(Attempts(attempt));
                 if attempt >= self.attempts || !self.retryable(&response) {
                     return response;
-                }
-                if let Some(endpoint) = response.extensions().get::<crate::errors::ProxyError>().and_then(|e| e.endpoint).or_else(|| response.extensions().get::<super::UpstreamLabel>().map(|u| u.endpoint)) {
-                    tried.0.push(endpoint);
                 }
                 if !self.budget.withdraw() {
                     self.metrics.retry_budget_exhausted(&self.labels.0, &self.labels.1);

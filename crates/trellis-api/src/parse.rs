@@ -37,9 +37,7 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Resource>, ConfigEr
         let parsed = match kind {
             Ok(None) => continue, // an empty document, e.g. a trailing `---`
             Ok(Some(Kind::Service)) => typed::<Service>(document, file).map(Resource::Service),
-            Ok(Some(Kind::Endpoints)) => {
-                typed::<Endpoints>(document, file).map(Resource::Endpoints)
-            }
+            Ok(Some(Kind::Endpoints)) => typed::<Endpoints>(document, file).map(Resource::Endpoints),
             Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(Resource::Proxy),
             Err(e) => Err(e),
         }
@@ -62,9 +60,8 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Resource>, ConfigEr
 /// Reads and parses one file.
 pub fn parse_file(path: &Path) -> Result<Vec<Resource>, ConfigErrors> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![error_at(&name, 0, 0, "", format!("cannot read the file: {e}"))])
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![error_at(&name, 0, 0, "", format!("cannot read the file: {e}"))]))?;
     parse_documents(&text, &name)
 }
 
@@ -131,10 +128,11 @@ fn from_yaml_error(file: &str, path: &str, e: &serde_yaml_ng::Error) -> ConfigEr
         message.truncate(at);
     }
     // The YAML error may name the enclosing element's path; ours is more precise.
-    if let Some((head, rest)) = message.split_once(": ") {
-        if !head.contains(' ') && path.starts_with(head) {
-            message = rest.to_string();
-        }
+    if let Some((head, rest)) = message.split_once(": ")
+        && !head.contains(' ')
+        && path.starts_with(head)
+    {
+        message = rest.to_string();
     }
     error_at(file, line, column, path, message)
 }

@@ -202,11 +202,8 @@ impl<'de> Deserialize<'de> for ValueMatch {
             Plain(String),
             Form(Form),
         }
-        let wrong = || {
-            serde::de::Error::custom(
-                "expected a string, or exactly one of `exact`, `prefix`, `regex`, `present`",
-            )
-        };
+        let wrong =
+            || serde::de::Error::custom("expected a string, or exactly one of `exact`, `prefix`, `regex`, `present`");
         match Either::deserialize(d).map_err(|_: D::Error| wrong())? {
             Either::Plain(s) => Ok(ValueMatch::Exact(s)),
             Either::Form(f) => match (f.exact, f.prefix, f.regex, f.present) {
@@ -295,9 +292,12 @@ impl<'de> Deserialize<'de> for Ratio {
         }
         let value = match Form::deserialize(d)? {
             Form::Number(n) => n,
-            Form::Text(t) => t.trim().trim_end_matches('%').trim().parse::<f64>().map_err(|_| {
-                serde::de::Error::custom(format!("`{t}` is not a percentage; write e.g. `20%`"))
-            })?,
+            Form::Text(t) => t
+                .trim()
+                .trim_end_matches('%')
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| serde::de::Error::custom(format!("`{t}` is not a percentage; write e.g. `20%`")))?,
         };
         if (0.0..=100.0).contains(&value) {
             Ok(Ratio(value / 100.0))
@@ -570,7 +570,9 @@ impl<'de> Deserialize<'de> for HashOn {
             (Some(h), None, None) => Ok(HashOn::Header(h)),
             (None, Some(c), None) => Ok(HashOn::Cookie(c)),
             (None, None, Some(true)) => Ok(HashOn::SourceIp(true)),
-            _ => Err(serde::de::Error::custom("expected exactly one of `header: NAME`, `cookie: NAME`, `sourceIp: true`")),
+            _ => Err(serde::de::Error::custom(
+                "expected exactly one of `header: NAME`, `cookie: NAME`, `sourceIp: true`",
+            )),
         }
     }
 }

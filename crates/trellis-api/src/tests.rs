@@ -55,12 +55,19 @@ fn out_of_range_weight_points_at_the_value() {
 fn unknown_field_is_named_with_position() {
     let errs = errors("kind: Service\nname: a\nroutes:\n  - tiemout: 2s\n");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("t.yaml:4:5: routes[0].tiemout: unknown field `tiemout`, expected one of"), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("t.yaml:4:5: routes[0].tiemout: unknown field `tiemout`, expected one of"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn unknown_kind_and_missing_kind() {
-    assert_eq!(errors("kind: Sevice\nname: a\n"), vec!["t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Proxy"]);
+    assert_eq!(
+        errors("kind: Sevice\nname: a\n"),
+        vec!["t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Proxy"]
+    );
     assert_eq!(errors("---\nname: a\n"), vec!["t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Proxy"]);
 }
 
@@ -68,10 +75,13 @@ fn unknown_kind_and_missing_kind() {
 fn weights_must_add_up_and_subsets_must_exist() {
     let text = REVIEWS.replace("weight: 90", "weight: 80").replace("{subset: v1}]", "{subset: v3}]");
     let errs = errors(&text);
-    assert_eq!(errs, vec![
-        "t.yaml:2:1: Service/shop/reviews routes[0].to: weights add up to 90 (10 + 80); they must add up to 100",
-        "t.yaml:2:1: Service/shop/reviews routes[1].to[0].subset: unknown subset `v3` of service `reviews`; defined subsets: v1, v2",
-    ]);
+    assert_eq!(
+        errs,
+        vec![
+            "t.yaml:2:1: Service/shop/reviews routes[0].to: weights add up to 90 (10 + 80); they must add up to 100",
+            "t.yaml:2:1: Service/shop/reviews routes[1].to[0].subset: unknown subset `v3` of service `reviews`; defined subsets: v1, v2",
+        ]
+    );
 }
 
 #[test]
@@ -85,7 +95,11 @@ fn shadowed_route_is_reported() {
 #[test]
 fn bad_regex_duration_and_name() {
     let errs = errors("kind: Service\nname: a\nroutes:\n  - match: {path: {regex: \"(\"}}\n");
-    assert!(errs[0].starts_with("t.yaml:4:19: routes[0].match.path.regex: `(` is not a valid regular expression"), "{}", errs[0]);
+    assert!(
+        errs[0].starts_with("t.yaml:4:19: routes[0].match.path.regex: `(` is not a valid regular expression"),
+        "{}",
+        errs[0]
+    );
     let errs = errors("kind: Service\nname: a\nroutes:\n  - timeout: 2 s\n");
     assert!(errs[0].contains("routes[0].timeout: `2 s` has unknown unit"), "{}", errs[0]);
     let errs = errors("kind: Service\nname: Reviews\n");
@@ -113,7 +127,15 @@ fn explicit_listener_must_name_a_known_service() {
 
 #[test]
 fn hostile_input_never_panics() {
-    for text in ["", "---\n---\n", "kind: [", "- 1\n- 2", "kind: Service\nname: a\nroutes: 5", "&a [*a]", "kind: Service\nname: a\nsubsets: {v1: [1]}"] {
+    for text in [
+        "",
+        "---\n---\n",
+        "kind: [",
+        "- 1\n- 2",
+        "kind: Service\nname: a\nroutes: 5",
+        "&a [*a]",
+        "kind: Service\nname: a\nsubsets: {v1: [1]}",
+    ] {
         let _ = parse_documents(text, "t.yaml");
     }
 }

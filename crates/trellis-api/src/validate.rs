@@ -103,10 +103,10 @@ impl Validator<'_> {
         let mut route_names = BTreeSet::new();
         for (i, route) in service.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if let Some(name) = &route.name {
-                if !route_names.insert(name.clone()) {
-                    self.error(&format!("{at}.name"), format!("duplicate route name `{name}`"));
-                }
+            if let Some(name) = &route.name
+                && !route_names.insert(name.clone())
+            {
+                self.error(&format!("{at}.name"), format!("duplicate route name `{name}`"));
             }
             self.route(service, route, &at, services);
             if let Some(earlier) = service.routes[..i].iter().position(|r| shadows(r, route)) {
@@ -125,12 +125,16 @@ impl Validator<'_> {
         }
         if let Some(r) = &route.redirect {
             if ![301, 302, 303, 307, 308].contains(&r.status) {
-                self.error(&format!("{at}.redirect.status"), format!("{} is not a redirect status; use 301, 302, 303, 307 or 308", r.status));
+                self.error(
+                    &format!("{at}.redirect.status"),
+                    format!("{} is not a redirect status; use 301, 302, 303, 307 or 308", r.status),
+                );
             }
-            if let Some(scheme) = &r.scheme {
-                if scheme != "http" && scheme != "https" {
-                    self.error(&format!("{at}.redirect.scheme"), format!("`{scheme}` is not valid; use http or https"));
-                }
+            if let Some(scheme) = &r.scheme
+                && scheme != "http"
+                && scheme != "https"
+            {
+                self.error(&format!("{at}.redirect.scheme"), format!("`{scheme}` is not valid; use http or https"));
             }
         }
         if let Some(d) = &route.direct_response {
@@ -145,21 +149,36 @@ impl Validator<'_> {
             let total: u32 = route.to.iter().map(|d| d.weight.0).sum();
             if route.to.len() > 1 && total != 100 {
                 let listed: Vec<String> = route.to.iter().map(|d| d.weight.0.to_string()).collect();
-                self.error(&format!("{at}.to"), format!("weights add up to {total} ({}); they must add up to 100", listed.join(" + ")));
+                self.error(
+                    &format!("{at}.to"),
+                    format!("weights add up to {total} ({}); they must add up to 100", listed.join(" + ")),
+                );
             }
             if route.to.len() == 1 && total == 0 {
-                self.error(&format!("{at}.to[0].weight"), "the only destination has weight 0, so nothing would be sent".into());
+                self.error(
+                    &format!("{at}.to[0].weight"),
+                    "the only destination has weight 0, so nothing would be sent".into(),
+                );
             }
         }
         for (j, dest) in route.to.iter().enumerate() {
-            self.destination(service, dest.service.as_deref(), dest.subset.as_deref(), &format!("{at}.to[{j}]"), services);
+            self.destination(
+                service,
+                dest.service.as_deref(),
+                dest.subset.as_deref(),
+                &format!("{at}.to[{j}]"),
+                services,
+            );
         }
         if let Some(m) = &route.mirror {
             self.destination(service, m.service.as_deref(), m.subset.as_deref(), &format!("{at}.mirror"), services);
         }
         if let Some(rw) = &route.rewrite {
             if rw.prefix.is_some() && !matches!(route.matches.path, Some(StringMatch::Prefix(_))) {
-                self.error(&format!("{at}.rewrite.prefix"), "needs a `match.path.prefix` to replace; use `rewrite.path` to replace the whole path".into());
+                self.error(
+                    &format!("{at}.rewrite.prefix"),
+                    "needs a `match.path.prefix` to replace; use `rewrite.path` to replace the whole path".into(),
+                );
             }
             if rw.prefix.is_some() && rw.path.is_some() {
                 self.error(&format!("{at}.rewrite"), "set either `path` or `prefix`, not both".into());
@@ -177,7 +196,10 @@ impl Validator<'_> {
                 }
                 for value in rw.set.values().chain(rw.add.values()) {
                     if http_value_invalid(value) {
-                        self.error(&format!("{at}.{side}"), format!("`{value}` is not a valid header value (control characters)"));
+                        self.error(
+                            &format!("{at}.{side}"),
+                            format!("`{value}` is not a valid header value (control characters)"),
+                        );
                     }
                 }
             }
@@ -185,14 +207,21 @@ impl Validator<'_> {
         for name in route.matches.headers.keys() {
             self.header_name(&format!("{at}.match.headers"), name);
         }
-        if let Some(StringMatch::Exact(p) | StringMatch::Prefix(p)) = &route.matches.path {
-            if !p.starts_with('/') {
-                self.error(&format!("{at}.match.path"), format!("`{p}` must start with `/`"));
-            }
+        if let Some(StringMatch::Exact(p) | StringMatch::Prefix(p)) = &route.matches.path
+            && !p.starts_with('/')
+        {
+            self.error(&format!("{at}.match.path"), format!("`{p}` must start with `/`"));
         }
     }
 
-    fn destination(&mut self, service: &Service, other: Option<&str>, subset: Option<&str>, at: &str, services: &BTreeMap<(String, String), &Service>) {
+    fn destination(
+        &mut self,
+        service: &Service,
+        other: Option<&str>,
+        subset: Option<&str>,
+        at: &str,
+        services: &BTreeMap<(String, String), &Service>,
+    ) {
         let target = match other {
             None => Some(service),
             Some(reference) => match resolve(reference, &service.namespace, services) {
@@ -200,24 +229,36 @@ impl Validator<'_> {
                 None => {
                     // A service known only by its endpoints is fine; it has no subsets.
                     if subset.is_some() {
-                        self.error(&format!("{at}.service"), format!("unknown service `{reference}`; declare it with `kind: Service` to use its subsets"));
+                        self.error(
+                            &format!("{at}.service"),
+                            format!(
+                                "unknown service `{reference}`; declare it with `kind: Service` to use its subsets"
+                            ),
+                        );
                     }
                     None
                 }
             },
         };
-        if let (Some(target), Some(subset)) = (target, subset) {
-            if !target.subsets.contains_key(subset) {
-                let known: Vec<&str> = target.subsets.keys().map(String::as_str).collect();
-                let valid = if known.is_empty() { "it defines no subsets".to_string() } else { format!("defined subsets: {}", known.join(", ")) };
-                self.error(&format!("{at}.subset"), format!("unknown subset `{subset}` of service `{}`; {valid}", target.name));
-            }
+        if let (Some(target), Some(subset)) = (target, subset)
+            && !target.subsets.contains_key(subset)
+        {
+            let known: Vec<&str> = target.subsets.keys().map(String::as_str).collect();
+            let valid = if known.is_empty() {
+                "it defines no subsets".to_string()
+            } else {
+                format!("defined subsets: {}", known.join(", "))
+            };
+            self.error(
+                &format!("{at}.subset"),
+                format!("unknown subset `{subset}` of service `{}`; {valid}", target.name),
+            );
         }
     }
 
     fn header_name(&mut self, at: &str, name: &str) {
-        let valid = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !valid {
             self.error(at, format!("`{name}` is not a valid header name"));
         }
@@ -233,7 +274,9 @@ fn shadows(earlier: &Route, later: &Route) -> bool {
     let (e, l) = (&earlier.matches, &later.matches);
     let path_covers = match (&e.path, &l.path) {
         (None, _) => true,
-        (Some(StringMatch::Prefix(p)), Some(StringMatch::Prefix(q) | StringMatch::Exact(q))) => q.starts_with(p.as_str()),
+        (Some(StringMatch::Prefix(p)), Some(StringMatch::Prefix(q) | StringMatch::Exact(q))) => {
+            q.starts_with(p.as_str())
+        }
         (Some(a), Some(b)) => a == b,
         _ => false,
     };
@@ -243,4 +286,3 @@ fn shadows(earlier: &Route, later: &Route) -> bool {
     let query_covers = e.query.iter().all(|(k, v)| l.query.get(k) == Some(v));
     path_covers && authority_covers && method_covers && headers_cover && query_covers
 }
-

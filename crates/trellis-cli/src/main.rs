@@ -26,7 +26,9 @@ enum Command {
     },
     /// Install or remove the iptables rules that route a workload's traffic through its
     /// proxy. Run it inside the workload's network namespace, as root.
-    #[command(after_help = "Example:\n  ip netns exec app trellis capture install --inbound-port 15006 --outbound-port 15001\n  ip netns exec app trellis capture remove")]
+    #[command(
+        after_help = "Example:\n  ip netns exec app trellis capture install --inbound-port 15006 --outbound-port 15001\n  ip netns exec app trellis capture remove"
+    )]
     Capture {
         #[command(subcommand)]
         action: CaptureAction,
@@ -95,7 +97,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Proxy { config } => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_proxy(config)),
+        Command::Proxy { config } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_proxy(config))
+        }
         Command::Capture { action: CaptureAction::Install { rules, dry_run } } => {
             let rules = trellis_proxy::capture::CaptureRules {
                 inbound_port: rules.inbound_port,

@@ -1,7 +1,7 @@
 //! The admin listener (keep it on loopback): `/live`, `/ready`, `/metrics`, `/config`.
 
-use crate::body::{self, Body};
 use crate::Shared;
+use crate::body::{self, Body};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -35,7 +35,10 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
         }
         "/metrics" => {
             let mut r = Response::new(body::full(shared.runtime.metrics.encode()));
-            r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+            r.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
             r
         }
         "/config" => {

@@ -194,7 +194,10 @@ impl Default for EndpointStats {
 
 impl fmt::Debug for EndpointStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EndpointStats").field("in_flight", &self.in_flight()).field("latency_estimate", &self.latency_estimate()).finish()
+        f.debug_struct("EndpointStats")
+            .field("in_flight", &self.in_flight())
+            .field("latency_estimate", &self.latency_estimate())
+            .finish()
     }
 }
 
@@ -374,7 +377,13 @@ impl Balancer {
 
     /// The first endpoint not skipped in `len` slots read by `at`, starting at `start`
     /// (wrapping). Gives up early once it is clear every endpoint is skipped.
-    fn walk(&self, len: usize, start: usize, at: impl Fn(usize) -> usize, skip: &dyn Fn(usize) -> bool) -> Option<usize> {
+    fn walk(
+        &self,
+        len: usize,
+        start: usize,
+        at: impl Fn(usize) -> usize,
+        skip: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
         if len == 0 {
             return None;
         }
@@ -392,7 +401,12 @@ impl Balancer {
 
     /// Power of two choices: two distinct weighted-random candidates, the one with the
     /// lower `load / weight` wins (the first on a tie, so idle sets keep their weights).
-    fn two_choices(&self, rng: &mut impl Rng, skip: &dyn Fn(usize) -> bool, load: impl Fn(&BalancedEndpoint) -> f64) -> Option<usize> {
+    fn two_choices(
+        &self,
+        rng: &mut impl Rng,
+        skip: &dyn Fn(usize) -> bool,
+        load: impl Fn(&BalancedEndpoint) -> f64,
+    ) -> Option<usize> {
         let a = self.draw(rng, skip)?;
         let Some(b) = self.draw(rng, &|i| i == a || skip(i)) else {
             return Some(a);
@@ -488,7 +502,11 @@ fn round_robin_cycle(weights: &[u64]) -> Vec<u32> {
         }
     }
     let total: u64 = w.iter().sum();
-    if total.saturating_mul(w.len() as u64) <= SMOOTH_BUDGET { nginx_cycle(&w, total) } else { deadline_cycle(&w, total) }
+    if total.saturating_mul(w.len() as u64) <= SMOOTH_BUDGET {
+        nginx_cycle(&w, total)
+    } else {
+        deadline_cycle(&w, total)
+    }
 }
 
 fn nginx_cycle(w: &[u64], total: u64) -> Vec<u32> {
@@ -530,7 +548,8 @@ fn deadline_cycle(w: &[u64], total: u64) -> Vec<u32> {
         }
     }
 
-    let mut heap: BinaryHeap<Turn> = w.iter().enumerate().map(|(i, &weight)| Turn { turn: 0, weight, index: i as u32 }).collect();
+    let mut heap: BinaryHeap<Turn> =
+        w.iter().enumerate().map(|(i, &weight)| Turn { turn: 0, weight, index: i as u32 }).collect();
     let mut cycle = Vec::with_capacity(total as usize);
     while (cycle.len() as u64) < total {
         let Some(mut t) = heap.pop() else { break };
@@ -562,7 +581,9 @@ fn build_ring(endpoints: &[BalancedEndpoint], weights: &[u64]) -> Vec<(u64, u32)
         }
     }
     // Ties (vanishingly rare) are broken by address so every proxy builds the same ring.
-    ring.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| endpoints[a.1 as usize].address.cmp(&endpoints[b.1 as usize].address)));
+    ring.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| endpoints[a.1 as usize].address.cmp(&endpoints[b.1 as usize].address))
+    });
     ring
 }
 
@@ -656,8 +677,11 @@ fn xxh64(input: &[u8], seed: u64) -> u64 {
             }
             rest = &rest[32..];
         }
-        let mut h =
-            v[0].rotate_left(1).wrapping_add(v[1].rotate_left(7)).wrapping_add(v[2].rotate_left(12)).wrapping_add(v[3].rotate_left(18));
+        let mut h = v[0]
+            .rotate_left(1)
+            .wrapping_add(v[1].rotate_left(7))
+            .wrapping_add(v[2].rotate_left(12))
+            .wrapping_add(v[3].rotate_left(18));
         for lane in v {
             h = merge(h, lane);
         }
@@ -700,7 +724,11 @@ mod tests {
     }
 
     fn endpoints(weights: &[u32]) -> Vec<BalancedEndpoint> {
-        weights.iter().enumerate().map(|(i, &w)| BalancedEndpoint::new(addr(i), w, Arc::new(EndpointStats::new()))).collect()
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| BalancedEndpoint::new(addr(i), w, Arc::new(EndpointStats::new())))
+            .collect()
     }
 
     const NO_SKIP: &dyn Fn(usize) -> bool = &|_| false;
@@ -724,9 +752,14 @@ mod tests {
     #[test]
     fn every_algorithm_follows_weights() {
         let weights = [1, 2, 3, 4];
-        for algorithm in
-            [Algorithm::RoundRobin, Algorithm::Random, Algorithm::LeastRequest, Algorithm::PeakEwma, Algorithm::RingHash, Algorithm::Maglev]
-        {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::LeastRequest,
+            Algorithm::PeakEwma,
+            Algorithm::RingHash,
+            Algorithm::Maglev,
+        ] {
             let b = Balancer::new(algorithm, endpoints(&weights));
             let got = shares(&b, 40_000, |k| Some(hash_key(format!("user-{k}").as_bytes())));
             assert_shares(algorithm, &got, &weights);
@@ -917,9 +950,14 @@ mod tests {
 
     #[test]
     fn skip_is_honoured_and_degrades_when_all_skipped() {
-        for algorithm in
-            [Algorithm::RoundRobin, Algorithm::Random, Algorithm::LeastRequest, Algorithm::PeakEwma, Algorithm::RingHash, Algorithm::Maglev]
-        {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::LeastRequest,
+            Algorithm::PeakEwma,
+            Algorithm::RingHash,
+            Algorithm::Maglev,
+        ] {
             let b = Balancer::new(algorithm, endpoints(&[5, 1, 1, 1]));
             for k in 0..500 {
                 let h = Some(hash_key(&(k as u64).to_le_bytes()));
@@ -968,7 +1006,9 @@ mod tests {
 
     #[test]
     fn extreme_weights_and_sizes_do_not_panic() {
-        for algorithm in [Algorithm::RoundRobin, Algorithm::Random, Algorithm::PeakEwma, Algorithm::RingHash, Algorithm::Maglev] {
+        for algorithm in
+            [Algorithm::RoundRobin, Algorithm::Random, Algorithm::PeakEwma, Algorithm::RingHash, Algorithm::Maglev]
+        {
             let b = Balancer::new(algorithm, endpoints(&[u32::MAX, 1, u32::MAX]));
             for k in 0..100u64 {
                 b.pick(Some(k), NO_SKIP).unwrap();

@@ -174,7 +174,8 @@ impl HttpBody for ReplayBody {
 
     fn size_hint(&self) -> SizeHint {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let buffered_left: u64 = state.chunks[self.next_chunk.min(state.chunks.len())..].iter().map(|c| c.len() as u64).sum();
+        let buffered_left: u64 =
+            state.chunks[self.next_chunk.min(state.chunks.len())..].iter().map(|c| c.len() as u64).sum();
         match &state.source {
             Some(source) if !state.source_done => {
                 let hint = source.size_hint();
@@ -196,7 +197,8 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
 
     fn chunks(parts: &[&'static str]) -> Body {
-        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts.iter().map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes())))).collect();
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+            parts.iter().map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes())))).collect();
         boxed(StreamBody::new(futures_util::stream::iter(frames)))
     }
 

@@ -93,10 +93,19 @@ impl CaptureRules {
 
 /// Removes Trellis's rules and chains from the current network namespace (idempotent).
 pub fn uninstall() -> anyhow::Result<()> {
-    let iptables = |args: &[&str]| Command::new("iptables").args(["-w", "-t", "nat"]).args(args).stderr(Stdio::null()).stdout(Stdio::null()).status();
+    let iptables = |args: &[&str]| {
+        Command::new("iptables")
+            .args(["-w", "-t", "nat"])
+            .args(args)
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+    };
     match iptables(&["-L", "-n"]) {
         Err(e) => anyhow::bail!("cannot run iptables ({e}); install the `iptables` package"),
-        Ok(status) if !status.success() => anyhow::bail!("iptables cannot read the nat table; are you root in the right network namespace?"),
+        Ok(status) if !status.success() => {
+            anyhow::bail!("iptables cannot read the nat table; are you root in the right network namespace?")
+        }
         Ok(_) => {}
     }
     // Jump rules first (repeat: a jump may have been added more than once), then the chains.
@@ -121,7 +130,9 @@ pub fn original_destination(stream: &tokio::net::TcpStream) -> std::io::Result<S
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: addr and len describe a writable sockaddr_in of the given size.
-        let rc = unsafe { libc::getsockopt(fd, libc::SOL_IP, SO_ORIGINAL_DST, &mut addr as *mut _ as *mut libc::c_void, &mut len) };
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_IP, SO_ORIGINAL_DST, &mut addr as *mut _ as *mut libc::c_void, &mut len)
+        };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -131,7 +142,9 @@ pub fn original_destination(stream: &tokio::net::TcpStream) -> std::io::Result<S
         let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         // SAFETY: as above, for sockaddr_in6.
-        let rc = unsafe { libc::getsockopt(fd, libc::SOL_IPV6, SO_ORIGINAL_DST, &mut addr as *mut _ as *mut libc::c_void, &mut len) };
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_IPV6, SO_ORIGINAL_DST, &mut addr as *mut _ as *mut libc::c_void, &mut len)
+        };
         if rc != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -158,11 +171,18 @@ mod tests {
         };
         let text = rules.iptables_restore();
         let lines: Vec<&str> = text.lines().collect();
-        let pos = |needle: &str| lines.iter().position(|l| *l == needle).unwrap_or_else(|| panic!("missing `{needle}` in\n{text}"));
+        let pos = |needle: &str| {
+            lines.iter().position(|l| *l == needle).unwrap_or_else(|| panic!("missing `{needle}` in\n{text}"))
+        };
         // Exclusions come before the catch-all redirect in each chain.
-        assert!(pos("-A TRELLIS_INBOUND -p tcp --dport 22 -j RETURN") < pos("-A TRELLIS_INBOUND -p tcp -j TRELLIS_IN_REDIRECT"));
+        assert!(
+            pos("-A TRELLIS_INBOUND -p tcp --dport 22 -j RETURN")
+                < pos("-A TRELLIS_INBOUND -p tcp -j TRELLIS_IN_REDIRECT")
+        );
         assert!(pos("-A TRELLIS_OUTPUT -m mark --mark 0x539 -j RETURN") < pos("-A TRELLIS_OUTPUT -j TRELLIS_REDIRECT"));
-        assert!(pos("-A TRELLIS_OUTPUT -m owner --uid-owner 1337 -j RETURN") < pos("-A TRELLIS_OUTPUT -j TRELLIS_REDIRECT"));
+        assert!(
+            pos("-A TRELLIS_OUTPUT -m owner --uid-owner 1337 -j RETURN") < pos("-A TRELLIS_OUTPUT -j TRELLIS_REDIRECT")
+        );
         assert!(pos("-A TRELLIS_OUTPUT -p tcp --dport 5432 -j RETURN") < pos("-A TRELLIS_OUTPUT -j TRELLIS_REDIRECT"));
         pos("-A TRELLIS_REDIRECT -p tcp -j REDIRECT --to-ports 15001");
         pos("-A TRELLIS_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006");

@@ -6,8 +6,8 @@
 //! statistics and upstream connections live outside it, so reloads keep them.
 
 use crate::balance::{self, BalancedEndpoint, Balancer, EndpointStats};
-use crate::elements;
 use crate::chain::Element;
+use crate::elements;
 use crate::routing::RouteMatcher;
 use crate::upstream::Upstreams;
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +31,12 @@ pub struct EndpointRegistry {
 
 impl EndpointRegistry {
     pub fn stats(&self, addr: SocketAddr) -> Arc<EndpointStats> {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_insert_with(|| Arc::new(EndpointStats::new())).clone()
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_insert_with(|| Arc::new(EndpointStats::new()))
+            .clone()
     }
 }
 
@@ -129,7 +134,8 @@ impl RunningConfig {
             });
         }
 
-        let mut backends = BackendBuilder { specs: &specs, endpoint_lists: &endpoint_lists, runtime, built: HashMap::new() };
+        let mut backends =
+            BackendBuilder { specs: &specs, endpoint_lists: &endpoint_lists, runtime, built: HashMap::new() };
         let mut services = HashMap::new();
         let mut by_address = HashMap::new();
         let mut by_ip = HashMap::new();
@@ -156,7 +162,10 @@ impl RunningConfig {
             for endpoint in all.endpoints.iter() {
                 by_address.insert(endpoint.addr, id.clone());
             }
-            services.insert(id.clone(), Arc::new(ServiceConfig { id: id.clone(), spec: spec.clone(), routes, default_route, all }));
+            services.insert(
+                id.clone(),
+                Arc::new(ServiceConfig { id: id.clone(), spec: spec.clone(), routes, default_route, all }),
+            );
         }
         Ok(RunningConfig { version, documents, settings, services, by_address, by_ip, by_host })
     }
@@ -235,7 +244,12 @@ impl BackendBuilder<'_> {
         let endpoints: Vec<&trellis_api::Endpoint> = self
             .endpoint_lists
             .get(id)
-            .map(|list| list.endpoints.iter().filter(|e| selector.is_none_or(|sel| sel.iter().all(|(k, v)| e.labels.get(k) == Some(v)))).collect())
+            .map(|list| {
+                list.endpoints
+                    .iter()
+                    .filter(|e| selector.is_none_or(|sel| sel.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+                    .collect()
+            })
             .unwrap_or_default();
         let targets: Vec<Target> = endpoints
             .iter()
@@ -252,7 +266,11 @@ impl BackendBuilder<'_> {
         };
         let balancer = Balancer::new(
             algorithm,
-            endpoints.iter().zip(&targets).map(|(e, t)| BalancedEndpoint { address: t.addr, weight: e.weight.0, stats: t.stats.clone() }).collect(),
+            endpoints
+                .iter()
+                .zip(&targets)
+                .map(|(e, t)| BalancedEndpoint { address: t.addr, weight: e.weight.0, stats: t.stats.clone() })
+                .collect(),
         );
         let label = match subset {
             Some(s) => format!("{id}/{s}"),

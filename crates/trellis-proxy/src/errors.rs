@@ -46,7 +46,9 @@ impl Reason {
     fn status(self) -> StatusCode {
         match self {
             Reason::NoRoute | Reason::UnknownService => StatusCode::NOT_FOUND,
-            Reason::NoHealthyEndpoints | Reason::ConnectFailure | Reason::ConnectTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::NoHealthyEndpoints | Reason::ConnectFailure | Reason::ConnectTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::RequestTimeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
@@ -57,11 +59,11 @@ impl Reason {
     /// The gRPC status a gRPC client should see for this reason.
     fn grpc_status(self) -> u32 {
         match self {
-            Reason::NoRoute | Reason::UnknownService => 12, // UNIMPLEMENTED
+            Reason::NoRoute | Reason::UnknownService => 12,      // UNIMPLEMENTED
             Reason::RequestTimeout | Reason::PerTryTimeout => 4, // DEADLINE_EXCEEDED
-            Reason::BadRequest => 3,                         // INVALID_ARGUMENT
-            Reason::Internal => 13,                          // INTERNAL
-            _ => 14,                                         // UNAVAILABLE
+            Reason::BadRequest => 3,                             // INVALID_ARGUMENT
+            Reason::Internal => 13,                              // INTERNAL
+            _ => 14,                                             // UNAVAILABLE
         }
     }
 }

@@ -6,6 +6,7 @@
 //! requests go to the local application, with HTTP/1.1 restored for requests that another
 //! Trellis proxy carried over HTTP/2.
 
+use crate::Shared;
 use crate::body::{self, Body};
 use crate::chain::{Connection, Element, Next};
 use crate::config::RunningConfig;
@@ -13,7 +14,6 @@ use crate::elements::{ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::metrics::LatencyLabels;
 use crate::upstream::Wire;
-use crate::Shared;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -113,7 +113,12 @@ impl Handler {
         let direction = self.side.direction();
         // Kept for the access log; the request itself moves into the chain.
         let logged = self.shared.access_log.as_ref().map(|_| {
-            (request.method().clone(), crate::routing::authority_of(&request), request.uri().path().to_string(), request.version())
+            (
+                request.method().clone(),
+                crate::routing::authority_of(&request),
+                request.uri().path().to_string(),
+                request.version(),
+            )
         });
 
         let (service_label, route_label, response) = match &self.side {
@@ -130,11 +135,19 @@ impl Handler {
                     let route = pick_route(&config, svc, &request);
                     (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
                 }
-                None => (service.clone(), String::new(), ProxyError::new(Reason::UnknownService, format!("service `{service}` is not in the configuration")).into_response(grpc)),
+                None => (
+                    service.clone(),
+                    String::new(),
+                    ProxyError::new(Reason::UnknownService, format!("service `{service}` is not in the configuration"))
+                        .into_response(grpc),
+                ),
             },
             Side::Outbound { listener } => {
                 let authority = crate::routing::authority_of(&request);
-                let svc = config.service_for_address(self.connection.target).or_else(|| config.service_for_authority(&authority)).cloned();
+                let svc = config
+                    .service_for_address(self.connection.target)
+                    .or_else(|| config.service_for_authority(&authority))
+                    .cloned();
                 match svc {
                     Some(svc) => {
                         let route = pick_route(&config, &svc, &request);
@@ -142,12 +155,23 @@ impl Handler {
                     }
                     None if self.connection.target != *listener => {
                         // Not a mesh service: pass through to where the client was going.
-                        request.extensions_mut().insert(ForwardTo { addr: self.connection.target, label: "passthrough".into(), wire: None });
+                        request.extensions_mut().insert(ForwardTo {
+                            addr: self.connection.target,
+                            label: "passthrough".into(),
+                            wire: None,
+                        });
                         ("passthrough".into(), String::new(), Next::new(&self.shared.inbound_chain).run(request).await)
                     }
                     None => {
-                        let detail = format!("no service is named by authority `{authority}` or address {}", self.connection.target);
-                        (String::new(), String::new(), ProxyError::new(Reason::UnknownService, detail).into_response(grpc))
+                        let detail = format!(
+                            "no service is named by authority `{authority}` or address {}",
+                            self.connection.target
+                        );
+                        (
+                            String::new(),
+                            String::new(),
+                            ProxyError::new(Reason::UnknownService, detail).into_response(grpc),
+                        )
                     }
                 }
             }
@@ -158,7 +182,11 @@ impl Handler {
             self.shared.runtime.metrics.proxy_error(direction, error.reason.as_str());
             tracing::info!(direction, service = %service_label, route = %route_label, peer = %self.connection.peer, error = %error, "proxy answered with an error");
         }
-        let upstream = if upstream.is_empty() { response.extensions().get::<ProxyError>().and_then(|e| e.upstream.clone()).unwrap_or_default() } else { upstream };
+        let upstream = if upstream.is_empty() {
+            response.extensions().get::<ProxyError>().and_then(|e| e.upstream.clone()).unwrap_or_default()
+        } else {
+            upstream
+        };
         let elapsed = started.elapsed();
         if let (Some(log), Some((method, authority, path, version))) = (&self.shared.access_log, logged) {
             let error = response.extensions().get::<ProxyError>();
@@ -184,12 +212,20 @@ impl Handler {
                 peer: self.connection.peer.to_string(),
             });
         }
-        self.shared.runtime.metrics.request(LatencyLabels { direction, service: service_label, route: route_label, upstream }, response.status().as_u16(), elapsed);
+        self.shared.runtime.metrics.request(
+            LatencyLabels { direction, service: service_label, route: route_label, upstream },
+            response.status().as_u16(),
+            elapsed,
+        );
         response
     }
 }
 
-fn pick_route<'c>(_config: &RunningConfig, service: &'c crate::config::ServiceConfig, request: &Request<Body>) -> &'c crate::config::CompiledRoute {
+fn pick_route<'c>(
+    _config: &RunningConfig,
+    service: &'c crate::config::ServiceConfig,
+    request: &Request<Body>,
+) -> &'c crate::config::CompiledRoute {
     service.routes.iter().find(|r| r.matcher.matches(request)).unwrap_or(&service.default_route)
 }
 

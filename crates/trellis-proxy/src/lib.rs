@@ -165,8 +165,10 @@ pub struct Proxy {
 impl Proxy {
     /// Loads `path`, binds every listener it declares, and starts serving.
     pub async fn start(path: PathBuf) -> anyhow::Result<Proxy> {
-        let initial_text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", path.display()))?;
-        let documents = trellis_api::parse_documents(&initial_text, &path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let initial_text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", path.display()))?;
+        let documents = trellis_api::parse_documents(&initial_text, &path.display().to_string())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let metrics = Arc::new(metrics::Metrics::new());
         let settings = documents
             .iter()
@@ -176,7 +178,8 @@ impl Proxy {
             })
             .unwrap_or_default();
         let upstreams = Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark }));
-        let runtime = Runtime { upstreams: upstreams.clone(), endpoints: EndpointRegistry::default(), metrics: metrics.clone() };
+        let runtime =
+            Runtime { upstreams: upstreams.clone(), endpoints: EndpointRegistry::default(), metrics: metrics.clone() };
         let running = RunningConfig::compile(documents, &runtime)?;
         metrics.config_version(&running.version);
         let access_log = match &settings.access_log {
@@ -200,7 +203,9 @@ impl Proxy {
         });
 
         let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what} listener: {e}"))
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for the {what} listener: {e}"))
         };
         let admin = bind(settings.admin, "admin").await?;
         let mut listeners = Vec::new();

@@ -1,11 +1,11 @@
 //! Accepting connections: find where each was going, detect its protocol, and hand it to
 //! HTTP serving or opaque forwarding.
 
+use crate::Shared;
 use crate::chain::Connection;
 use crate::detect::{self, Protocol};
 use crate::http::Side;
 use crate::tcp::{self, TcpDestination};
-use crate::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
@@ -45,7 +45,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
     let local = stream.local_addr().unwrap_or(peer);
     let config = shared.config();
     // Where the client meant to go: the original destination if the connection was captured.
-    let captured = matches!(side, Side::Outbound { .. }) || matches!(side, Side::Inbound { .. }) && shared.inbound_forward.is_none();
+    let captured = matches!(side, Side::Outbound { .. })
+        || matches!(side, Side::Inbound { .. }) && shared.inbound_forward.is_none();
     let target = if captured { crate::capture::original_destination(&stream).unwrap_or(local) } else { local };
     let side = match side {
         Side::Inbound { .. } => Side::Inbound { app: shared.inbound_forward.unwrap_or(target) },
@@ -55,12 +56,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
 
     // Declared opaque: no detection at all (server-speaks-first protocols need this).
     let declared_opaque = match &side {
-        Side::Inbound { .. } => config.settings.inbound.as_ref().is_some_and(|l| l.opaque_ports.contains(&target.port())),
+        Side::Inbound { .. } => {
+            config.settings.inbound.as_ref().is_some_and(|l| l.opaque_ports.contains(&target.port()))
+        }
         Side::Outbound { .. } => {
             config.settings.outbound.as_ref().is_some_and(|l| l.opaque_ports.contains(&target.port()))
-                || config.service_for_address(target).and_then(|s| s.protocol(target.port())).is_some_and(|p| p == trellis_api::Protocol::Tcp)
+                || config
+                    .service_for_address(target)
+                    .and_then(|s| s.protocol(target.port()))
+                    .is_some_and(|p| p == trellis_api::Protocol::Tcp)
         }
-        Side::Explicit { service } => config.service_named(service).is_some_and(|s| !s.spec.ports.is_empty() && s.spec.ports.iter().all(|p| p.protocol == trellis_api::Protocol::Tcp)),
+        Side::Explicit { service } => config.service_named(service).is_some_and(|s| {
+            !s.spec.ports.is_empty() && s.spec.ports.iter().all(|p| p.protocol == trellis_api::Protocol::Tcp)
+        }),
     };
     let detect_timeout = config.settings.detect_timeout.get();
     if declared_opaque {

@@ -78,7 +78,8 @@ struct ConfigLabels {
 }
 
 /// Latency buckets from 0.5 ms to 10 s.
-const LATENCY_BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0];
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0];
 
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -119,12 +120,24 @@ impl Metrics {
         registry.register("requests", "HTTP requests handled, by status class (1xx..5xx)", requests.clone());
         registry.register("request_duration_seconds", "Time from request to response headers", latency.clone());
         registry.register("retries", "Extra attempts made by the retry element", retries.clone());
-        registry.register("retry_budget_exhausted", "Retries refused because the retry budget was spent", retry_budget_exhausted.clone());
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries refused because the retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
         registry.register("mirror_requests", "Copies sent by the mirror element, by outcome", mirrors.clone());
-        registry.register("protocol_detections", "Accepted connections by detected protocol or detection outcome", detections.clone());
+        registry.register(
+            "protocol_detections",
+            "Accepted connections by detected protocol or detection outcome",
+            detections.clone(),
+        );
         registry.register("proxy_errors", "Responses the proxy produced itself, by reason", proxy_errors.clone());
         registry.register("tcp_connections", "Opaque TCP connections forwarded", tcp_connections.clone());
-        registry.register("tcp_bytes", "Bytes forwarded on opaque TCP connections (flow: sent to upstream, received from upstream)", tcp_bytes.clone());
+        registry.register(
+            "tcp_bytes",
+            "Bytes forwarded on opaque TCP connections (flow: sent to upstream, received from upstream)",
+            tcp_bytes.clone(),
+        );
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         registry.register("config_info", "The running configuration version (value 1)", config_info.clone());
         Metrics {
@@ -153,7 +166,13 @@ impl Metrics {
             _ => "5xx",
         };
         self.requests
-            .get_or_create(&RequestLabels { direction: labels.direction, service: labels.service.clone(), route: labels.route.clone(), upstream: labels.upstream.clone(), status_class })
+            .get_or_create(&RequestLabels {
+                direction: labels.direction,
+                service: labels.service.clone(),
+                route: labels.route.clone(),
+                upstream: labels.upstream.clone(),
+                status_class,
+            })
             .inc();
         self.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
@@ -181,7 +200,9 @@ impl Metrics {
     pub fn tcp_connection(&self, direction: &'static str, service: &str, sent: u64, received: u64) {
         let service = service.to_string();
         self.tcp_connections.get_or_create(&TcpLabels { direction, service: service.clone() }).inc();
-        self.tcp_bytes.get_or_create(&TcpBytesLabels { direction, service: service.clone(), flow: "sent" }).inc_by(sent);
+        self.tcp_bytes
+            .get_or_create(&TcpBytesLabels { direction, service: service.clone(), flow: "sent" })
+            .inc_by(sent);
         self.tcp_bytes.get_or_create(&TcpBytesLabels { direction, service, flow: "received" }).inc_by(received);
     }
 

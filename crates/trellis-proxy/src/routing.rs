@@ -66,8 +66,16 @@ impl RouteMatcher {
         Ok(RouteMatcher {
             authority: m.authority.as_ref().map(Text::new).transpose()?,
             path: m.path.as_ref().map(Text::new).transpose()?,
-            method: m.method.as_ref().map(|s| http::Method::from_bytes(s.to_ascii_uppercase().as_bytes())).transpose()?,
-            headers: m.headers.iter().map(|(k, v)| Ok((http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?, Value::new(v)?))).collect::<anyhow::Result<_>>()?,
+            method: m
+                .method
+                .as_ref()
+                .map(|s| http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()))
+                .transpose()?,
+            headers: m
+                .headers
+                .iter()
+                .map(|(k, v)| Ok((http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?, Value::new(v)?)))
+                .collect::<anyhow::Result<_>>()?,
             query: m.query.iter().map(|(k, v)| Ok((k.clone(), Value::new(v)?))).collect::<anyhow::Result<_>>()?,
         })
     }
@@ -78,20 +86,20 @@ impl RouteMatcher {
     }
 
     pub fn matches<B>(&self, request: &Request<B>) -> bool {
-        if let Some(method) = &self.method {
-            if request.method() != method {
-                return false;
-            }
+        if let Some(method) = &self.method
+            && request.method() != method
+        {
+            return false;
         }
-        if let Some(path) = &self.path {
-            if !path.matches(request.uri().path()) {
-                return false;
-            }
+        if let Some(path) = &self.path
+            && !path.matches(request.uri().path())
+        {
+            return false;
         }
-        if let Some(authority) = &self.authority {
-            if !authority.matches(&authority_of(request)) {
-                return false;
-            }
+        if let Some(authority) = &self.authority
+            && !authority.matches(&authority_of(request))
+        {
+            return false;
         }
         for (name, value) in &self.headers {
             // Several values of one header are matched as the comma-joined list, as HTTP defines.
@@ -106,10 +114,13 @@ impl RouteMatcher {
         if !self.query.is_empty() {
             let query = request.uri().query().unwrap_or("");
             for (name, value) in &self.query {
-                let found = query.split('&').filter_map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == name).then_some(v)
-                }).next();
+                let found = query
+                    .split('&')
+                    .filter_map(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        (k == name).then_some(v)
+                    })
+                    .next();
                 if !value.matches(found) {
                     return false;
                 }
@@ -136,7 +147,9 @@ pub fn split_host_port(authority: &str) -> (&str, Option<&str>) {
         };
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
+        Some((host, port)) if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host, Some(port))
+        }
         _ => (authority, None),
     }
 }
@@ -160,7 +173,9 @@ mod tests {
 
     #[test]
     fn matches_path_headers_query_method_authority() {
-        let m = matcher(r#"{"path": {"prefix": "/api"}, "headers": {"x-canary": "1"}, "query": {"v": {"regex": "[0-9]+"}}, "method": "get", "authority": {"exact": "reviews"}}"#);
+        let m = matcher(
+            r#"{"path": {"prefix": "/api"}, "headers": {"x-canary": "1"}, "query": {"v": {"regex": "[0-9]+"}}, "method": "get", "authority": {"exact": "reviews"}}"#,
+        );
         assert!(m.matches(&req("/api/x?v=12", &[("x-canary", "1"), ("host", "reviews")])));
         assert!(!m.matches(&req("/api/x?v=1a", &[("x-canary", "1"), ("host", "reviews")])));
         assert!(!m.matches(&req("/api/x?v=12", &[("x-canary", "2"), ("host", "reviews")])));

@@ -1,7 +1,7 @@
 //! Opaque TCP: connections the proxy carries byte for byte, balanced per connection.
 
-use crate::upstream::Connector;
 use crate::Shared;
+use crate::upstream::Connector;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -44,7 +44,8 @@ pub struct Connector {
 
 impl Connector {
     pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(UpstreamError::Connect)?;
+        let socket =
+            if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(UpstreamError::Connect)?;
         if self.mark != 0 {
             // Without CAP_NET_ADMIN the mark can't be set; capture then relies on uid rules.
             if let Err(e) = socket2::SockRef::from(&socket).set_mark(self.mark) {
@@ -64,8 +65,12 @@ impl Connector {
 pub struct Upstreams {
     connector: Connector,
     http1: Mutex<HashMap<SocketAddr, Arc<Mutex<Vec<IdleConnection>>>>>,
-    http2: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>>>,
+    http2: Mutex<HashMap<SocketAddr, Http2Slot>>,
 }
+
+/// The one HTTP/2 connection to an endpoint; the async lock makes concurrent first
+/// requests share a single connect.
+type Http2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
 struct IdleConnection {
     sender: http1::SendRequest<Body>,
@@ -96,7 +101,12 @@ impl Upstreams {
         }
     }
 
-    async fn send_http1(&self, addr: SocketAddr, mut request: Request<Body>, connect_timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_http1(
+        &self,
+        addr: SocketAddr,
+        mut request: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let upgrading = request.headers().contains_key(http::header::UPGRADE);
         let idle = self.http1.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_default().clone();
         // Reuse a pooled connection if one is alive; a request the pool could not even start
@@ -116,10 +126,8 @@ impl Upstreams {
             }
         }
         let stream = self.connector.connect(addr, connect_timeout).await?;
-        let (mut sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Reset)?;
+        let (mut sender, connection) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Reset)?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
@@ -144,7 +152,12 @@ impl Upstreams {
         });
     }
 
-    async fn send_http2(&self, addr: SocketAddr, request: Request<Body>, connect_timeout: Duration) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_http2(
+        &self,
+        addr: SocketAddr,
+        request: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let slot = self.http2.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_default().clone();
         let mut sender = {
             // One connection per endpoint; concurrent first requests wait for the same connect.

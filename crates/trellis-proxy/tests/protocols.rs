@@ -13,7 +13,9 @@ use trellis_testkit::backend::spawn_backend;
 /// A server-side proxy whose inbound listener forwards to `app`.
 fn inbound_proxy(app: SocketAddr) -> (TestProxy, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let proxy = TestProxy::start(&format!("kind: Proxy\nadmin: '{{admin}}'\ninbound: {{listen: '{listen}', forward: '{app}'}}\n"));
+    let proxy = TestProxy::start(&format!(
+        "kind: Proxy\nadmin: '{{admin}}'\ninbound: {{listen: '{listen}', forward: '{app}'}}\n"
+    ));
     (proxy, listen)
 }
 
@@ -97,7 +99,11 @@ fn every_protocol_crosses_two_proxies_in_explicit_mode() {
     assert_eq!(json["headers"]["x-test"], "1");
     assert!(json["headers"].get("x-trellis-orig-proto").is_none(), "marker header leaked to the app: {json}");
     let web_in = &mesh.server_proxies[0];
-    assert!(web_in.metric_sum("trellis_protocol_detections_total", &["direction=\"inbound\"", "outcome=\"http2\""]) >= 1.0, "proxy-to-proxy hop was not HTTP/2:\n{}", web_in.metrics());
+    assert!(
+        web_in.metric_sum("trellis_protocol_detections_total", &["direction=\"inbound\"", "outcome=\"http2\""]) >= 1.0,
+        "proxy-to-proxy hop was not HTTP/2:\n{}",
+        web_in.metrics()
+    );
 
     // HTTP/2 prior knowledge from curl.
     let (body, _) = curl(&["--http2-prior-knowledge", &format!("{base}/h2")]);
@@ -122,12 +128,16 @@ fn every_protocol_crosses_two_proxies_in_explicit_mode() {
     // Keep-alive: several requests on one connection.
     let (body, stderr) = curl(&["-v", &format!("{base}/a"), &format!("{base}/b"), &format!("{base}/c")]);
     assert_eq!(body.matches("\"server\":\"web\"").count() + body.matches("\"server\": \"web\"").count(), 3, "{body}");
-    assert!(stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing connection"), "curl did not reuse the connection:\n{stderr}");
+    assert!(
+        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing connection"),
+        "curl did not reuse the connection:\n{stderr}"
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // WebSocket upgrade.
-        let echoes = trellis_testkit::ws::ws_echo_roundtrip(&format!("ws://{}/ws", mesh.http), &["one", "two"]).await.unwrap();
+        let echoes =
+            trellis_testkit::ws::ws_echo_roundtrip(&format!("ws://{}/ws", mesh.http), &["one", "two"]).await.unwrap();
         assert_eq!(echoes, vec!["one", "two"]);
 
         // gRPC unary and bidirectional streaming.
@@ -190,5 +200,10 @@ fn server_speaks_first_protocols_do_not_stall() {
     let mut echo = [0u8; 9];
     stream.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"EHLO me\r\n");
-    assert_eq!(proxy.metric_sum("trellis_protocol_detections_total", &["outcome=\"timeout\""]), 1.0, "{}", proxy.metrics());
+    assert_eq!(
+        proxy.metric_sum("trellis_protocol_detections_total", &["outcome=\"timeout\""]),
+        1.0,
+        "{}",
+        proxy.metrics()
+    );
 }

@@ -24,7 +24,8 @@ async fn load(url: &str, n: usize, concurrency: usize) -> (HashMap<u16, usize>, 
             async move {
                 let req = ::http::Request::get(url).body(http::full_body(bytes::Bytes::new())).unwrap();
                 let response = client.request(req).await.expect("request through the proxy");
-                let backend = response.headers().get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                let backend =
+                    response.headers().get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
                 (response.status().as_u16(), backend)
             }
         })
@@ -56,7 +57,13 @@ fn retries_hide_a_failing_backend() {
     let (_bad, bad) = spawn_backend(&["http", "--name", "bad", "--status", "503"]);
     let port = free_port();
     // Half the first attempts fail, so the budget must allow a retry for every request.
-    let proxy = TestProxy::start(&two_backend_config(port, good, bad, "{name: all, retries: {attempts: 2, on: [5xx], budget: {ratio: 100%}}}", "round-robin"));
+    let proxy = TestProxy::start(&two_backend_config(
+        port,
+        good,
+        bad,
+        "{name: all, retries: {attempts: 2, on: [5xx], budget: {ratio: 100%}}}",
+        "round-robin",
+    ));
     rt().block_on(async {
         let (statuses, backends) = load(&format!("http://127.0.0.1:{port}/"), 400, 8).await;
         assert_eq!(statuses.get(&200), Some(&400), "statuses {statuses:?}, backends {backends:?}");

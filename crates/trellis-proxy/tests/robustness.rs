@@ -79,13 +79,20 @@ fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (Vec<u8>, End) {
     let mut received = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
-        assert!(Instant::now() < deadline, "the proxy neither answered nor closed; got so far: {:?}", String::from_utf8_lossy(&received));
+        assert!(
+            Instant::now() < deadline,
+            "the proxy neither answered nor closed; got so far: {:?}",
+            String::from_utf8_lossy(&received)
+        );
         match stream.read(&mut buf) {
             Ok(0) => return (received, End::Closed),
             Ok(n) => received.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return (received, End::Reset),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("the proxy hung: no answer and no close within {READ_TIMEOUT:?}; got so far: {:?}", String::from_utf8_lossy(&received))
+                panic!(
+                    "the proxy hung: no answer and no close within {READ_TIMEOUT:?}; got so far: {:?}",
+                    String::from_utf8_lossy(&received)
+                )
             }
             Err(e) => panic!("reading from the proxy: {e}"),
         }
@@ -120,7 +127,8 @@ fn head_end(bytes: &[u8]) -> Option<usize> {
 
 /// Parses a complete response (as read until close) with a `content-length` body.
 fn parse_response(bytes: &[u8]) -> RawResponse {
-    let end = head_end(bytes).unwrap_or_else(|| panic!("no complete response head in {:?}", String::from_utf8_lossy(bytes)));
+    let end =
+        head_end(bytes).unwrap_or_else(|| panic!("no complete response head in {:?}", String::from_utf8_lossy(bytes)));
     let (status, headers) = parse_head(&bytes[..end]);
     RawResponse { status, headers, body: bytes[end..].to_vec() }
 }
@@ -150,7 +158,9 @@ fn read_response(stream: &mut TcpStream) -> RawResponse {
 
 /// One GET on an open keep-alive connection; checks it reached the backend.
 fn keep_alive_get(stream: &mut TcpStream, path: &str) {
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: api\r\n\r\n").as_bytes()).expect("writing on the keep-alive connection");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: api\r\n\r\n").as_bytes())
+        .expect("writing on the keep-alive connection");
     let response = read_response(stream);
     assert_eq!(response.status, 200, "{:?}", String::from_utf8_lossy(&response.body));
     assert_eq!(response.headers.get("x-backend").map(String::as_str), Some("a"));
@@ -171,7 +181,10 @@ fn malformed_http1_gets_400_and_other_connections_carry_on() {
 
     // (a) A chunked body with an invalid chunk size: the proxy fails reading the body and
     // answers 400 itself, naming the reason, then closes the connection.
-    let (bytes, end) = raw_exchange(addr, b"POST /echo HTTP/1.1\r\nhost: api\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n");
+    let (bytes, end) = raw_exchange(
+        addr,
+        b"POST /echo HTTP/1.1\r\nhost: api\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    );
     let r = parse_response(&bytes);
     println!("invalid chunk size: {} {:?}, then {end:?}", r.status, r.headers.get("x-trellis-error"));
     assert_eq!(r.status, 400, "{:?}", String::from_utf8_lossy(&bytes));
@@ -194,7 +207,9 @@ fn malformed_http1_gets_400_and_other_connections_carry_on() {
     assert!(matches!(end, End::Closed | End::Reset));
 
     // (c) Looks like HTTP/1 to detection, but is not valid HTTP/1.1: 400 and close.
-    for garbage in [&b"GET / HTTP/9.9\r\n\r\n"[..], b"GET /no-version\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"] {
+    for garbage in
+        [&b"GET / HTTP/9.9\r\n\r\n"[..], b"GET /no-version\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"]
+    {
         let (bytes, end) = raw_exchange(addr, garbage);
         let r = parse_response(&bytes);
         println!("{:?}: {}, then {end:?}", String::from_utf8_lossy(garbage), r.status);
@@ -244,11 +259,18 @@ fn expect_goaway(addr: SocketAddr, frames: &[u8]) -> (Frame, Vec<Frame>) {
     let mut seen = Vec::new();
     loop {
         let mut header = [0u8; 9];
-        stream.read_exact(&mut header).unwrap_or_else(|e| panic!("no GOAWAY (saw frame types {:?}): {e}", seen.iter().map(|f: &Frame| f.kind).collect::<Vec<_>>()));
+        stream.read_exact(&mut header).unwrap_or_else(|e| {
+            panic!("no GOAWAY (saw frame types {:?}): {e}", seen.iter().map(|f: &Frame| f.kind).collect::<Vec<_>>())
+        });
         let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
         let mut payload = vec![0u8; len];
         stream.read_exact(&mut payload).expect("frame payload");
-        let f = Frame { kind: header[3], flags: header[4], stream: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff, payload };
+        let f = Frame {
+            kind: header[3],
+            flags: header[4],
+            stream: u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff,
+            payload,
+        };
         if f.kind == FRAME_GOAWAY {
             // After a connection error the proxy closes (RFC 9113 §5.4.1).
             let mut rest = Vec::new();
@@ -283,7 +305,10 @@ fn invalid_http2_frames_get_goaway() {
     // FRAME_SIZE_ERROR; the h2 library answers PROTOCOL_ERROR. Either is a connection error.
     let (goaway, before) = expect_goaway(addr, &frame(FRAME_SETTINGS, 0, 0, &[0; 5]));
     let (last_stream, code) = goaway_fields(&goaway);
-    println!("bad SETTINGS length: GOAWAY last_stream={last_stream} code={code} after frame types {:?}", before.iter().map(|f| f.kind).collect::<Vec<_>>());
+    println!(
+        "bad SETTINGS length: GOAWAY last_stream={last_stream} code={code} after frame types {:?}",
+        before.iter().map(|f| f.kind).collect::<Vec<_>>()
+    );
     assert!(before.iter().all(|f| f.kind == FRAME_SETTINGS), "only the server's SETTINGS may precede the GOAWAY");
     assert!(code == PROTOCOL_ERROR || code == FRAME_SIZE_ERROR, "GOAWAY error code {code}");
     assert_eq!(last_stream, 0);
@@ -296,7 +321,10 @@ fn invalid_http2_frames_get_goaway() {
     println!("DATA on stream 0: GOAWAY last_stream={last_stream} code={code}");
     assert_eq!(code, PROTOCOL_ERROR);
     assert_eq!(last_stream, 0);
-    assert!(before.iter().any(|f| f.kind == FRAME_SETTINGS && f.flags & 0x1 == 0x1), "the proxy acknowledged the valid SETTINGS first");
+    assert!(
+        before.iter().any(|f| f.kind == FRAME_SETTINGS && f.flags & 0x1 == 0x1),
+        "the proxy acknowledged the valid SETTINGS first"
+    );
 
     // Other connections, HTTP/2 and HTTP/1.1, still work.
     rt().block_on(async {
@@ -359,7 +387,12 @@ fn reloads_under_load_fail_no_request() {
                     let result = tokio::time::timeout(http::REQUEST_TIMEOUT, async {
                         let response = client.request(req).await?;
                         let status = response.status();
-                        let backend = response.headers().get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+                        let backend = response
+                            .headers()
+                            .get("x-backend")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
                         let body = http_body_util::BodyExt::collect(response.into_body()).await?;
                         anyhow::Ok((status, backend, body.to_bytes()))
                     })
@@ -405,7 +438,12 @@ fn reloads_under_load_fail_no_request() {
     runtime.block_on(load).expect("load task");
 
     let c = &counts;
-    let (sent, ok, errors, other) = (c.sent.load(Ordering::Relaxed), c.ok.load(Ordering::Relaxed), c.errors.load(Ordering::Relaxed), c.other_status.load(Ordering::Relaxed));
+    let (sent, ok, errors, other) = (
+        c.sent.load(Ordering::Relaxed),
+        c.ok.load(Ordering::Relaxed),
+        c.errors.load(Ordering::Relaxed),
+        c.other_status.load(Ordering::Relaxed),
+    );
     println!(
         "{sent} requests over {:?} ({} reloads in {reload_time:?}): {ok} × 200 (v1 {}, v2 {}), {other} other statuses, {errors} errors; first failure: {:?}",
         started.elapsed(),

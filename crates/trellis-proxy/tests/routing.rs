@@ -30,7 +30,8 @@ async fn spread(url: &str, n: usize, headers: &'static [(&'static str, &'static 
             while let Some(result) = pending.next().await {
                 let response = result.expect("request through the proxy");
                 assert_eq!(response.status(), 200);
-                let backend = response.headers().get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
+                let backend =
+                    response.headers().get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("?").to_string();
                 *counts.entry(backend).or_default() += 1;
                 if pending.len() < 8 {
                     break;
@@ -138,7 +139,15 @@ fn rewrites_redirects_and_direct_responses() {
     let _proxy = TestProxy::start(&reviews_config(port, v1, v2, v2));
     let base = format!("http://127.0.0.1:{port}");
     rt().block_on(async {
-        let r = http::request(::http::Method::GET, &format!("{base}/old-api/items?page=2"), &[("x-secret", "s")], bytes::Bytes::new(), false).await.unwrap();
+        let r = http::request(
+            ::http::Method::GET,
+            &format!("{base}/old-api/items?page=2"),
+            &[("x-secret", "s")],
+            bytes::Bytes::new(),
+            false,
+        )
+        .await
+        .unwrap();
         let json = r.json().unwrap();
         assert_eq!(json["path"], "/api/items?page=2");
         assert_eq!(json["headers"]["x-route"], "rewritten");
@@ -182,7 +191,10 @@ endpoints: []
     rt().block_on(async {
         let r = http::get(&format!("http://127.0.0.1:{port}/")).await.unwrap();
         assert_eq!(r.status, 503);
-        assert_eq!(r.header("x-trellis-error"), Some(format!("connect-failure; upstream=gone.default; endpoint=127.0.0.1:{dead}").as_str()));
+        assert_eq!(
+            r.header("x-trellis-error"),
+            Some(format!("connect-failure; upstream=gone.default; endpoint=127.0.0.1:{dead}").as_str())
+        );
         assert!(r.text().contains("connect-failure"), "{}", r.text());
 
         let r = http::get(&format!("http://127.0.0.1:{empty_port}/")).await.unwrap();
@@ -190,7 +202,15 @@ endpoints: []
         assert_eq!(r.header("x-trellis-error"), Some("no-healthy-endpoints; upstream=empty.default"));
 
         // gRPC callers get a gRPC status instead.
-        let r = http::request(::http::Method::POST, &format!("http://127.0.0.1:{empty_port}/pkg.Svc/Call"), &[("content-type", "application/grpc")], bytes::Bytes::new(), true).await.unwrap();
+        let r = http::request(
+            ::http::Method::POST,
+            &format!("http://127.0.0.1:{empty_port}/pkg.Svc/Call"),
+            &[("content-type", "application/grpc")],
+            bytes::Bytes::new(),
+            true,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.header("grpc-status"), Some("14"));
     });
@@ -232,7 +252,15 @@ fn consistent_hashing_keeps_a_key_on_one_endpoint() {
                 let user = format!("user-{user}");
                 let mut seen = std::collections::HashSet::new();
                 for _ in 0..10 {
-                    let r = http::request(::http::Method::GET, &format!("http://127.0.0.1:{port}/cart"), &[("x-user", &user)], bytes::Bytes::new(), false).await.unwrap();
+                    let r = http::request(
+                        ::http::Method::GET,
+                        &format!("http://127.0.0.1:{port}/cart"),
+                        &[("x-user", &user)],
+                        bytes::Bytes::new(),
+                        false,
+                    )
+                    .await
+                    .unwrap();
                     seen.insert(r.header("x-backend").unwrap().to_string());
                 }
                 assert_eq!(seen.len(), 1, "{algorithm}: {user} was spread over {seen:?}");
@@ -249,15 +277,27 @@ fn tls_passes_through_by_sni_untouched() {
     let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
     let status = std::process::Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=secure.default"])
-        .arg("-keyout").arg(&key).arg("-out").arg(&cert)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
         .output()
         .expect("run openssl");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let tls_port = free_port();
     let mut server = std::process::Command::new("openssl");
-    server.args(["s_server", "-quiet", "-www", "-accept", &tls_port.to_string()]).arg("-cert").arg(&cert).arg("-key").arg(&key);
+    server
+        .args(["s_server", "-quiet", "-www", "-accept", &tls_port.to_string()])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key);
     let _server = trellis_testkit::process::ChildProcess::spawn(server).unwrap();
-    trellis_testkit::http::wait_for_tcp_blocking(format!("127.0.0.1:{tls_port}").parse().unwrap(), std::time::Duration::from_secs(10)).unwrap();
+    trellis_testkit::http::wait_for_tcp_blocking(
+        format!("127.0.0.1:{tls_port}").parse().unwrap(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
 
     // Clients reach the outbound listener directly here; with capture it is the same path.
     let outbound = free_port();
@@ -267,12 +307,21 @@ fn tls_passes_through_by_sni_untouched() {
     let out = std::process::Command::new("curl")
         .args(["-s", "-S", "-m", "10", "--cacert"])
         .arg(&cert)
-        .args(["--resolve", &format!("secure.default:{outbound}:127.0.0.1"), &format!("https://secure.default:{outbound}/")])
+        .args([
+            "--resolve",
+            &format!("secure.default:{outbound}:127.0.0.1"),
+            &format!("https://secure.default:{outbound}/"),
+        ])
         .output()
         .unwrap();
     // The certificate verified against the server's own CA: the proxy did not terminate TLS.
     assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("s_server"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(proxy.metric_sum("trellis_protocol_detections_total", &["outcome=\"tls\""]), 1.0);
-    assert_eq!(proxy.metric_sum("trellis_tcp_connections_total", &["service=\"secure.default\""]), 1.0, "{}", proxy.metrics());
+    assert_eq!(
+        proxy.metric_sum("trellis_tcp_connections_total", &["service=\"secure.default\""]),
+        1.0,
+        "{}",
+        proxy.metrics()
+    );
 }

@@ -17,7 +17,16 @@ use trellis_testkit::process::cargo_bin;
 fn capture(ns: &Netns) {
     let out = ns
         .exec(cargo_bin("trellis"))
-        .args(["capture", "install", "--inbound-port", "15006", "--outbound-port", "15001", "--exclude-inbound-ports", "22"])
+        .args([
+            "capture",
+            "install",
+            "--inbound-port",
+            "15006",
+            "--outbound-port",
+            "15001",
+            "--exclude-inbound-ports",
+            "22",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "capture install failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -83,7 +92,8 @@ endpoints: [{{address: '{tcp}', meshed: true}}]
     let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(json["server"], "web");
     assert_eq!(json["version"], "HTTP/1.1");
-    let body = a.run("curl", &["-s", "-S", "-m", "10", "--http2-prior-knowledge", &format!("http://{web}/h2")]).unwrap();
+    let body =
+        a.run("curl", &["-s", "-S", "-m", "10", "--http2-prior-knowledge", &format!("http://{web}/h2")]).unwrap();
     assert!(body.contains("HTTP/2.0"), "{body}");
 
     // WebSocket, gRPC unary and bidi, raw TCP: from a thread inside namespace A.
@@ -113,8 +123,10 @@ endpoints: [{{address: '{tcp}', meshed: true}}]
     drop(stream);
 
     // Both proxies really carried the traffic.
-    let outbound_http = client_proxy.metric_sum("trellis_requests_total", &["direction=\"outbound\"", "service=\"web.default\""]);
-    let outbound_grpc = client_proxy.metric_sum("trellis_requests_total", &["direction=\"outbound\"", "service=\"echo.default\""]);
+    let outbound_http =
+        client_proxy.metric_sum("trellis_requests_total", &["direction=\"outbound\"", "service=\"web.default\""]);
+    let outbound_grpc =
+        client_proxy.metric_sum("trellis_requests_total", &["direction=\"outbound\"", "service=\"echo.default\""]);
     let inbound = server_proxy.metric_sum("trellis_requests_total", &["direction=\"inbound\""]);
     assert!(outbound_http >= 3.0, "client proxy saw {outbound_http} web requests:\n{}", client_proxy.metrics());
     assert!(outbound_grpc >= 2.0, "client proxy saw {outbound_grpc} gRPC calls");
@@ -127,6 +139,7 @@ endpoints: [{{address: '{tcp}', meshed: true}}]
     let out = a.exec(cargo_bin("trellis")).args(["capture", "remove"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     a.run("curl", &["-s", "-S", "-m", "10", &format!("http://{web}/direct")]).unwrap();
-    let after = client_proxy.metric_sum("trellis_requests_total", &["direction=\"outbound\"", "service=\"web.default\""]);
+    let after =
+        client_proxy.metric_sum("trellis_requests_total", &["direction=\"outbound\"", "service=\"web.default\""]);
     assert_eq!(after, outbound_http, "request still went through the client proxy after `capture remove`");
 }

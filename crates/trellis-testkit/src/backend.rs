@@ -47,11 +47,7 @@ pub fn try_spawn_backend(args: &[&str]) -> anyhow::Result<(ChildProcess, SocketA
 ///
 /// # Panics
 /// If the backend does not start; the message includes its output.
-pub fn spawn_backend_in_netns(
-    netns: &str,
-    listen: SocketAddr,
-    args: &[&str],
-) -> (ChildProcess, SocketAddr) {
+pub fn spawn_backend_in_netns(netns: &str, listen: SocketAddr, args: &[&str]) -> (ChildProcess, SocketAddr) {
     try_spawn_backend_in_netns(netns, listen, args)
         .unwrap_or_else(|e| panic!("starting backend {args:?} in netns {netns}: {e:#}"))
 }
@@ -63,25 +59,18 @@ pub fn try_spawn_backend_in_netns(
     args: &[&str],
 ) -> anyhow::Result<(ChildProcess, SocketAddr)> {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .arg(backend_bin())
-        .args(args)
-        .arg("--listen")
-        .arg(listen.to_string());
+    cmd.args(["netns", "exec", netns]).arg(backend_bin()).args(args).arg("--listen").arg(listen.to_string());
     start(cmd)
 }
 
 fn has_listen(args: &[&str]) -> bool {
-    args.iter()
-        .any(|a| *a == "--listen" || a.starts_with("--listen="))
+    args.iter().any(|a| *a == "--listen" || a.starts_with("--listen="))
 }
 
 fn start(cmd: Command) -> anyhow::Result<(ChildProcess, SocketAddr)> {
     let mut child = ChildProcess::spawn(cmd)?;
     let line = child.wait_for_line("listening on ", STARTUP_TIMEOUT)?;
-    let addr = line["listening on ".len()..]
-        .trim()
-        .parse()
-        .with_context(|| format!("unparsable address in {line:?}"))?;
+    let addr =
+        line["listening on ".len()..].trim().parse().with_context(|| format!("unparsable address in {line:?}"))?;
     Ok((child, addr))
 }

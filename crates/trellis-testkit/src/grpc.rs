@@ -28,8 +28,5 @@ pub async fn echo_client_url(url: &str) -> anyhow::Result<EchoClient<Channel>> {
 
 /// An [`EchoRequest`] with just a message.
 pub fn echo_request(message: &str) -> EchoRequest {
-    EchoRequest {
-        message: message.to_owned(),
-        ..Default::default()
-    }
+    EchoRequest { message: message.to_owned(), ..Default::default() }
 }

@@ -44,8 +44,7 @@ impl HttpResponse {
 
     /// The body parsed as JSON.
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("response body is not JSON: {:?}", self.text()))
+        serde_json::from_slice(&self.body).with_context(|| format!("response body is not JSON: {:?}", self.text()))
     }
 
     /// A header value as a string, if present and valid UTF-8.
@@ -67,9 +66,7 @@ pub fn free_port() -> u16 {
 pub async fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let attempt =
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-                .await;
+        let attempt = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await;
         match attempt {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(e)) if tokio::time::Instant::now() >= deadline => {
@@ -102,9 +99,7 @@ pub fn wait_for_tcp_blocking(addr: SocketAddr, timeout: Duration) -> anyhow::Res
 pub fn client(http2: bool) -> Client<HttpConnector, ClientBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .http2_only(http2)
-        .build(connector)
+    Client::builder(TokioExecutor::new()).http2_only(http2).build(connector)
 }
 
 /// A complete request body.
@@ -127,13 +122,8 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -159,9 +149,7 @@ pub async fn request(
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    let req = builder
-        .body(full_body(body))
-        .with_context(|| format!("building request for {url}"))?;
+    let req = builder.body(full_body(body)).with_context(|| format!("building request for {url}"))?;
     send(req, http2).await
 }
 
@@ -173,12 +161,7 @@ pub async fn send(req: Request<ClientBody>, http2: bool) -> anyhow::Result<HttpR
         let resp = client(http2).request(req).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
-        anyhow::Ok(HttpResponse {
-            status: parts.status,
-            version: parts.version,
-            headers: parts.headers,
-            body,
-        })
+        anyhow::Ok(HttpResponse { status: parts.status, version: parts.version, headers: parts.headers, body })
     };
     tokio::time::timeout(REQUEST_TIMEOUT, fut)
         .await

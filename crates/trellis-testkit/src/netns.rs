@@ -90,21 +90,11 @@ impl Netns {
         Ok((a, b))
     }
 
-    fn create(
-        prefix: &str,
-        addr: Ipv4Addr,
-        peer: Ipv4Addr,
-        lock: Option<Arc<File>>,
-    ) -> anyhow::Result<Netns> {
+    fn create(prefix: &str, addr: Ipv4Addr, peer: Ipv4Addr, lock: Option<Arc<File>>) -> anyhow::Result<Netns> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}-{}-{n}", std::process::id());
         ip(&["netns", "add", &name])?;
-        Ok(Netns {
-            name,
-            addr,
-            peer,
-            _subnet_lock: lock,
-        })
+        Ok(Netns { name, addr, peer, _subnet_lock: lock })
     }
 
     /// The namespace name (for `ip netns exec NAME`, `ip -n NAME`).
@@ -153,8 +143,7 @@ impl Netns {
                     // thread's network namespace, which ends with the thread.
                     let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
                     if rc != 0 {
-                        return Err(std::io::Error::last_os_error())
-                            .with_context(|| format!("setns into {path}"));
+                        return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {path}"));
                     }
                     Ok(f())
                 })
@@ -165,10 +154,8 @@ impl Netns {
 
     /// Connects to `addr` from inside this namespace.
     pub fn tcp_connect(&self, addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpStream> {
-        self.enter(|| {
-            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
-        })?
-        .with_context(|| format!("connecting to {addr} from netns {}", self.name))
+        self.enter(|| std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)))?
+            .with_context(|| format!("connecting to {addr} from netns {}", self.name))
     }
 
     /// Runs `program args` inside the namespace, failing unless it exits 0;
@@ -196,11 +183,7 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // A process still inside would keep the namespace (and its veth)
         // alive after `ip netns delete`, and keep running.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .stderr(Stdio::null())
-            .output()
-        {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).stderr(Stdio::null()).output() {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<libc::pid_t>() {
                     // SAFETY: plain syscall; a stale pid only yields ESRCH.
@@ -213,25 +196,14 @@ impl Drop for Netns {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip (is iproute2 installed?)")?;
+    let out =
+        Command::new("ip").args(args).stdin(Stdio::null()).output().context("running ip (is iproute2 installed?)")?;
     if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -242,9 +214,7 @@ fn reserve_subnet() -> anyhow::Result<(u8, File)> {
     let dir: PathBuf = std::env::temp_dir().join("trellis-testkit-netns");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Start at a pid-dependent place so processes rarely contend.
-    let start = std::process::id()
-        .wrapping_mul(37)
-        .wrapping_add(COUNTER.load(Ordering::Relaxed));
+    let start = std::process::id().wrapping_mul(37).wrapping_add(COUNTER.load(Ordering::Relaxed));
     for i in 0..256u32 {
         let x = (start.wrapping_add(i) % 256) as u8;
         let path = dir.join(format!("198.18.{x}.lock"));

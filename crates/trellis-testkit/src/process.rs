@@ -42,11 +42,7 @@ impl Output {
 }
 
 fn tail_text(st: &OutputState) -> String {
-    st.tail
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join("\n")
+    st.tail.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
 }
 
 fn spawn_reader(out: Arc<Output>, pipe: impl Read + Send + 'static, is_stdout: bool) {
@@ -93,10 +89,7 @@ pub struct ChildProcess {
 
 impl std::fmt::Debug for ChildProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChildProcess")
-            .field("pid", &self.child.id())
-            .field("command", &self.description)
-            .finish()
+        f.debug_struct("ChildProcess").field("pid", &self.child.id()).field("command", &self.description).finish()
     }
 }
 
@@ -107,13 +100,9 @@ impl ChildProcess {
     /// [`output_tail`](Self::output_tail). A `tokio::process::Command` can
     /// be used by building the equivalent `std::process::Command`.
     pub fn spawn(mut cmd: Command) -> anyhow::Result<Self> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let description = format!("{cmd:?}");
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {description}"))?;
+        let mut child = cmd.spawn().with_context(|| format!("spawning {description}"))?;
         let output = Arc::new(Output::default());
         if let Some(stdout) = child.stdout.take() {
             spawn_reader(output.clone(), stdout, true);
@@ -121,11 +110,7 @@ impl ChildProcess {
         if let Some(stderr) = child.stderr.take() {
             spawn_reader(output.clone(), stderr, false);
         }
-        Ok(Self {
-            child,
-            description,
-            output,
-        })
+        Ok(Self { child, description, output })
     }
 
     /// Blocks until a stdout line starting with `prefix` arrives and returns
@@ -160,12 +145,7 @@ impl ChildProcess {
                     tail_text(&st)
                 );
             }
-            st = self
-                .output
-                .changed
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.output.changed.wait_timeout(st, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
@@ -251,9 +231,5 @@ pub fn try_cargo_bin(name: &str) -> Option<PathBuf> {
     let dir = exe.parent()?;
     let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     // Test executables live in target/<profile>/deps; binaries one level up.
-    [dir.parent(), Some(dir)]
-        .into_iter()
-        .flatten()
-        .map(|d| d.join(&file))
-        .find(|p| p.is_file())
+    [dir.parent(), Some(dir)].into_iter().flatten().map(|d| d.join(&file)).find(|p| p.is_file())
 }

@@ -38,10 +38,7 @@ pub async fn ws_echo_roundtrip(url: &str, messages: &[&str]) -> anyhow::Result<V
     }
     ws.close(None).await.context("closing")?;
     // Read until the server's close reply so the close handshake completes.
-    let _ = tokio::time::timeout(WS_TIMEOUT, async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
+    let _ = tokio::time::timeout(WS_TIMEOUT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     Ok(echoes)
 }
 

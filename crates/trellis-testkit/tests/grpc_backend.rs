@@ -17,16 +17,8 @@ async fn unary_and_failure() {
     let r = c.unary(echo_request("hi")).await.unwrap().into_inner();
     assert_eq!((r.message.as_str(), r.server.as_str()), ("hi", "g1"));
 
-    for (code, expected) in [
-        (14, Code::Unavailable),
-        (5, Code::NotFound),
-        (999, Code::Unknown),
-    ] {
-        let req = EchoRequest {
-            message: "x".into(),
-            fail_code: code,
-            ..Default::default()
-        };
+    for (code, expected) in [(14, Code::Unavailable), (5, Code::NotFound), (999, Code::Unknown)] {
+        let req = EchoRequest { message: "x".into(), fail_code: code, ..Default::default() };
         let err = c.unary(req).await.unwrap_err();
         assert_eq!(err.code(), expected);
     }
@@ -36,11 +28,7 @@ async fn unary_and_failure() {
 async fn server_stream() {
     let (_b, addr) = spawn_backend(&["grpc", "--name", "g2"]);
     let mut c = echo_client(addr).await.unwrap();
-    let req = EchoRequest {
-        message: "m".into(),
-        count: 5,
-        ..Default::default()
-    };
+    let req = EchoRequest { message: "m".into(), count: 5, ..Default::default() };
     let mut s = c.server_stream(req).await.unwrap().into_inner();
     let mut n = 0;
     while let Some(r) = s.message().await.unwrap() {
@@ -67,8 +55,7 @@ async fn bidi_is_streaming() {
     let (_b, addr) = spawn_backend(&["grpc", "--name", "g3"]);
     let mut c = echo_client(addr).await.unwrap();
     let (tx, rx) = mpsc::channel::<EchoRequest>(1);
-    let outbound =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
     tx.send(echo_request("msg-0")).await.unwrap();
     let mut inbound = tokio::time::timeout(STEP, c.bidi(outbound))
         .await
@@ -83,9 +70,7 @@ async fn bidi_is_streaming() {
             .unwrap();
         assert_eq!(reply.message, format!("msg-{i}"));
         assert_eq!(reply.server, "g3");
-        tx.send(echo_request(&format!("msg-{}", i + 1)))
-            .await
-            .unwrap();
+        tx.send(echo_request(&format!("msg-{}", i + 1))).await.unwrap();
     }
     let last = inbound.next().await.unwrap().unwrap();
     assert_eq!(last.message, "msg-4");

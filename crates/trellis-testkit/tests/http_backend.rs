@@ -18,15 +18,10 @@ const STEP: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn http1_report() {
     let (_b, addr) = spawn_backend(&["http", "--name", "alpha"]);
-    let resp = th::request(
-        Method::POST,
-        &format!("http://{addr}/some/path?q=1&r=2"),
-        &[("X-Custom", "v1")],
-        "body!",
-        false,
-    )
-    .await
-    .unwrap();
+    let resp =
+        th::request(Method::POST, &format!("http://{addr}/some/path?q=1&r=2"), &[("X-Custom", "v1")], "body!", false)
+            .await
+            .unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.header("x-backend"), Some("alpha"));
     assert_eq!(resp.header("content-type"), Some("application/json"));
@@ -62,13 +57,7 @@ async fn status_flag_status_path_and_stats() {
     let r = th::get(&format!("{base}/status/418")).await.unwrap();
     assert_eq!(r.status, 418);
     assert_eq!(r.json().unwrap()["path"], "/status/418");
-    for bad in [
-        "/status/99",
-        "/status/600",
-        "/status/abc",
-        "/bytes/-1",
-        "/bytes/x",
-    ] {
+    for bad in ["/status/99", "/status/600", "/status/abc", "/bytes/-1", "/bytes/x"] {
         let r = th::get_h2(&format!("{base}{bad}")).await.unwrap();
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
@@ -98,31 +87,15 @@ async fn bad_flags_fail_fast() {
         &["http", "--listen", "not-an-address"][..],
         &["nope"][..],
     ] {
-        assert!(
-            trellis_testkit::backend::try_spawn_backend(args).is_err(),
-            "{args:?} should fail"
-        );
+        assert!(trellis_testkit::backend::try_spawn_backend(args).is_err(), "{args:?} should fail");
     }
 }
 
 #[tokio::test]
 async fn bytes_n() {
     let (_b, addr) = spawn_backend(&["http"]);
-    for (n, h2) in [
-        (0usize, false),
-        (10, true),
-        (200_000, false),
-        (200_000, true),
-    ] {
-        let r = th::request(
-            Method::GET,
-            &format!("http://{addr}/bytes/{n}"),
-            &[],
-            "",
-            h2,
-        )
-        .await
-        .unwrap();
+    for (n, h2) in [(0usize, false), (10, true), (200_000, false), (200_000, true)] {
+        let r = th::request(Method::GET, &format!("http://{addr}/bytes/{n}"), &[], "", h2).await.unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), n);
         assert_eq!(r.body, bytes_pattern(n));
@@ -135,10 +108,7 @@ async fn bytes_n() {
 async fn echo_lockstep(http2: bool) {
     let (_b, addr) = spawn_backend(&["http"]);
     let (tx, body) = streaming_body();
-    let req = Request::post(format!("http://{addr}/echo"))
-        .header("content-type", "text/plain")
-        .body(body)
-        .unwrap();
+    let req = Request::post(format!("http://{addr}/echo")).header("content-type", "text/plain").body(body).unwrap();
     tx.send(Bytes::from_static(b"chunk-0")).await.unwrap();
     let resp = tokio::time::timeout(STEP, client(http2).request(req))
         .await
@@ -162,16 +132,11 @@ async fn echo_lockstep(http2: bool) {
         }
         assert_eq!(got, expected.as_bytes());
         if i < 4 {
-            tx.send(Bytes::from(format!("chunk-{}", i + 1)))
-                .await
-                .unwrap();
+            tx.send(Bytes::from(format!("chunk-{}", i + 1))).await.unwrap();
         }
     }
     drop(tx);
-    let rest = tokio::time::timeout(STEP, body.collect())
-        .await
-        .unwrap()
-        .unwrap();
+    let rest = tokio::time::timeout(STEP, body.collect()).await.unwrap().unwrap();
     assert!(rest.to_bytes().is_empty());
 }
 
@@ -190,15 +155,7 @@ async fn echo_whole_body() {
     let (_b, addr) = spawn_backend(&["http"]);
     let payload = bytes_pattern(300_000);
     for h2 in [false, true] {
-        let r = th::request(
-            Method::PUT,
-            &format!("http://{addr}/echo"),
-            &[],
-            payload.clone(),
-            h2,
-        )
-        .await
-        .unwrap();
+        let r = th::request(Method::PUT, &format!("http://{addr}/echo"), &[], payload.clone(), h2).await.unwrap();
         assert_eq!(r.header("x-backend"), Some("backend"));
         assert_eq!(r.body, payload);
     }
@@ -211,18 +168,9 @@ async fn read_until(s: &mut TcpStream, needle: &str) -> String {
     while !String::from_utf8_lossy(&buf).contains(needle) {
         let n = tokio::time::timeout(STEP, s.read(&mut chunk))
             .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "waiting for {needle:?}, got {:?}",
-                    String::from_utf8_lossy(&buf)
-                )
-            })
+            .unwrap_or_else(|_| panic!("waiting for {needle:?}, got {:?}", String::from_utf8_lossy(&buf)))
             .unwrap();
-        assert!(
-            n > 0,
-            "EOF waiting for {needle:?}: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(n > 0, "EOF waiting for {needle:?}: {:?}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..n]);
     }
     String::from_utf8_lossy(&buf).into_owned()
@@ -233,25 +181,12 @@ async fn expect_100_continue() {
     let (_b, addr) = spawn_backend(&["http"]);
     for path in ["/echo", "/report"] {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
-        );
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
         s.write_all(head.as_bytes()).await.unwrap();
         let interim = read_until(&mut s, "\r\n\r\n").await;
-        assert!(
-            interim.starts_with("HTTP/1.1 100 Continue\r\n"),
-            "{path}: {interim:?}"
-        );
+        assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{path}: {interim:?}");
         s.write_all(b"hello").await.unwrap();
-        let fin = read_until(
-            &mut s,
-            if path == "/echo" {
-                "hello"
-            } else {
-                "\"body_bytes\":5"
-            },
-        )
-        .await;
+        let fin = read_until(&mut s, if path == "/echo" { "hello" } else { "\"body_bytes\":5" }).await;
         assert!(fin.contains("HTTP/1.1 200 OK"), "{path}: {fin:?}");
     }
 }
@@ -260,17 +195,13 @@ async fn expect_100_continue() {
 async fn websocket_echo() {
     let (_b, addr) = spawn_backend(&["http"]);
     let url = format!("ws://{addr}/ws");
-    let echoes = ws_echo_roundtrip(&url, &["one", "two", "three"])
-        .await
-        .unwrap();
+    let echoes = ws_echo_roundtrip(&url, &["one", "two", "three"]).await.unwrap();
     assert_eq!(echoes, ["one", "two", "three"]);
 
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let mut ws = ws_connect(&url).await.unwrap();
-    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
     match ws.next().await {
         Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], &[0u8, 1, 2, 255]),
         other => panic!("expected binary echo, got {other:?}"),
@@ -292,8 +223,5 @@ async fn garbage_does_not_kill_the_server() {
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(STEP, s.read_to_end(&mut sink)).await;
     assert!(b.is_running());
-    assert_eq!(
-        th::get(&format!("http://{addr}/")).await.unwrap().status,
-        200
-    );
+    assert_eq!(th::get(&format!("http://{addr}/")).await.unwrap().status, 200);
 }

@@ -10,10 +10,7 @@ const STEP: Duration = Duration::from_secs(10);
 
 async fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    tokio::time::timeout(STEP, s.read_exact(&mut buf))
-        .await
-        .expect("read timed out")
-        .unwrap();
+    tokio::time::timeout(STEP, s.read_exact(&mut buf)).await.expect("read timed out").unwrap();
     buf
 }
 
@@ -29,10 +26,7 @@ async fn tcp_echo() {
     s.write_all(b"bye").await.unwrap();
     s.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(STEP, s.read_to_end(&mut rest))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(STEP, s.read_to_end(&mut rest)).await.unwrap().unwrap();
     assert_eq!(rest, b"bye");
 }
 
@@ -51,10 +45,7 @@ async fn tcp_echo_large_and_concurrent() {
                     wr.shutdown().await.unwrap();
                 });
                 let mut got = Vec::new();
-                tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut got))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut got)).await.unwrap().unwrap();
                 writer.await.unwrap();
                 assert!(got == expected, "stream {i} corrupted");
             })

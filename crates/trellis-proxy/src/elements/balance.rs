@@ -1,11 +1,11 @@
 //! `balance`: picks the endpoint of the selected backend for one attempt, and feeds the
 //! endpoint's load statistics (in-flight count, latency) back to the balancer.
 
+use super::SelectedBackend;
 use crate::body::Body;
 use crate::chain::{BoxFuture, Connection, Element, Next};
 use crate::config::Target;
 use crate::errors::{ProxyError, Reason, is_grpc};
-use super::SelectedBackend;
 use http::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,8 @@ impl Element for Balance {
             };
             let hash = hash_of(&request, backend.hash_on.as_ref());
             let tried = request.extensions().get::<TriedEndpoints>().cloned();
-            let avoid: Vec<SocketAddr> = tried.as_ref().map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
+            let avoid: Vec<SocketAddr> =
+                tried.as_ref().map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
             let skip = |i: usize| avoid.contains(&backend.endpoints[i].addr);
             let Some(index) = backend.balancer.pick(hash, &skip) else {
                 return ProxyError::new(Reason::NoHealthyEndpoints, "the destination has no endpoints")
@@ -54,7 +55,10 @@ impl Element for Balance {
             let started = Instant::now();
             let response = next.run(request).await;
             // Failed connects say nothing about the endpoint's latency.
-            let connect_failed = response.extensions().get::<ProxyError>().is_some_and(|e| matches!(e.reason, Reason::ConnectFailure | Reason::ConnectTimeout));
+            let connect_failed = response
+                .extensions()
+                .get::<ProxyError>()
+                .is_some_and(|e| matches!(e.reason, Reason::ConnectFailure | Reason::ConnectTimeout));
             if !connect_failed {
                 target.stats.observe_latency(started.elapsed());
             }

@@ -5,11 +5,11 @@
 //! back into HTTP/1.1), HTTP/2 when the client spoke HTTP/2, HTTP/1.1 otherwise and for
 //! upgrades (WebSocket), whose two halves are then spliced together.
 
+use super::{SelectedBackend, SelectedTarget};
 use crate::body::{self, Body};
 use crate::chain::{BoxFuture, Element, Next};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::upstream::{UpstreamError, Upstreams, Wire};
-use super::{SelectedBackend, SelectedTarget};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -57,9 +57,10 @@ impl Element for Forward {
                 let wire = to.wire.unwrap_or_else(|| natural_wire(&request));
                 return send(&self.upstreams, to.addr, &to.label, wire, Duration::from_secs(1), request).await;
             }
-            let (Some(SelectedTarget(target)), Some(SelectedBackend(backend))) =
-                (request.extensions().get::<SelectedTarget>().cloned(), request.extensions().get::<SelectedBackend>().cloned())
-            else {
+            let (Some(SelectedTarget(target)), Some(SelectedBackend(backend))) = (
+                request.extensions().get::<SelectedTarget>().cloned(),
+                request.extensions().get::<SelectedBackend>().cloned(),
+            ) else {
                 return ProxyError::new(Reason::Internal, "forward without a chosen endpoint").into_response(grpc);
             };
             let upgrading = request.headers().contains_key(header::UPGRADE);
@@ -80,7 +81,14 @@ fn natural_wire<B>(request: &Request<B>) -> Wire {
 
 /// Sends `request` to `addr` over `wire` and returns the upstream's response, or the
 /// proxy's own error response.
-pub async fn send(upstreams: &Upstreams, addr: SocketAddr, label: &str, wire: Wire, connect_timeout: Duration, mut request: Request<Body>) -> Response<Body> {
+pub async fn send(
+    upstreams: &Upstreams,
+    addr: SocketAddr,
+    label: &str,
+    wire: Wire,
+    connect_timeout: Duration,
+    mut request: Request<Body>,
+) -> Response<Body> {
     let grpc = is_grpc(request.headers());
     let client_upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let upgrading = client_upgrade.is_some() && request.headers().contains_key(header::UPGRADE);
@@ -89,11 +97,11 @@ pub async fn send(upstreams: &Upstreams, addr: SocketAddr, label: &str, wire: Wi
     }
     match upstreams.send(addr, wire, request, connect_timeout).await {
         Ok(mut response) => {
-            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(client_upgrade) = client_upgrade {
-                    let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    tokio::spawn(splice(client_upgrade, upstream_upgrade));
-                }
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_upgrade) = client_upgrade
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice(client_upgrade, upstream_upgrade));
             }
             let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), switching);
@@ -108,7 +116,8 @@ pub async fn send(upstreams: &Upstreams, addr: SocketAddr, label: &str, wire: Wi
                 // The request body we were streaming failed: the client's input was bad
                 // (e.g. an invalid chunk size) or cut off, not the upstream's fault.
                 UpstreamError::Reset(h) if h.is_user() => {
-                    return ProxyError::new(Reason::BadRequest, format!("the request body could not be read: {h}")).into_response(grpc);
+                    return ProxyError::new(Reason::BadRequest, format!("the request body could not be read: {h}"))
+                        .into_response(grpc);
                 }
                 UpstreamError::Reset(_) => Reason::UpstreamReset,
             };
@@ -141,7 +150,9 @@ fn prepare(request: &mut Request<Body>, wire: Wire, upgrading: bool) -> Result<(
             request.headers_mut().remove(ORIG_PROTO_HEADER);
             // HTTP/2's :authority becomes HTTP/1.1's Host.
             if !request.headers().contains_key(header::HOST) && !authority.is_empty() {
-                request.headers_mut().insert(header::HOST, HeaderValue::from_str(&authority).map_err(|e| e.to_string())?);
+                request
+                    .headers_mut()
+                    .insert(header::HOST, HeaderValue::from_str(&authority).map_err(|e| e.to_string())?);
             }
             *request.uri_mut() = path_and_query.parse::<Uri>().map_err(|e| e.to_string())?;
             *request.version_mut() = Version::HTTP_11;
@@ -152,7 +163,9 @@ fn prepare(request: &mut Request<Body>, wire: Wire, upgrading: bool) -> Result<(
                 request.headers_mut().insert(ORIG_PROTO_HEADER, HeaderValue::from_static(original));
             }
             let authority = if authority.is_empty() { "localhost".to_string() } else { authority };
-            *request.uri_mut() = format!("http://{authority}{path_and_query}").parse::<Uri>().map_err(|e| format!("bad authority `{authority}`: {e}"))?;
+            *request.uri_mut() = format!("http://{authority}{path_and_query}")
+                .parse::<Uri>()
+                .map_err(|e| format!("bad authority `{authority}`: {e}"))?;
             request.headers_mut().remove(header::HOST);
             *request.version_mut() = Version::HTTP_2;
         }
@@ -183,7 +196,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         headers.remove(header::UPGRADE);
     }
     // Only `TE: trailers` may cross HTTP/2 (gRPC needs it).
-    let te_trailers = headers.get(header::TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

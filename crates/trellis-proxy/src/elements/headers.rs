@@ -21,7 +21,11 @@ impl Ops {
             Ok((HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?, HeaderValue::from_str(v)?))
         };
         Ok(Ops {
-            remove: spec.remove.iter().map(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())).collect::<Result<_, _>>()?,
+            remove: spec
+                .remove
+                .iter()
+                .map(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()))
+                .collect::<Result<_, _>>()?,
             set: spec.set.iter().map(pair).collect::<anyhow::Result<_>>()?,
             add: spec.add.iter().map(pair).collect::<anyhow::Result<_>>()?,
         })

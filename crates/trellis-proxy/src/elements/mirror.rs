@@ -33,7 +33,14 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    pub fn new(backend: Arc<Backend>, ratio: f64, upstreams: Arc<Upstreams>, metrics: Arc<Metrics>, service: &str, route: &str) -> Self {
+    pub fn new(
+        backend: Arc<Backend>,
+        ratio: f64,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<Metrics>,
+        service: &str,
+        route: &str,
+    ) -> Self {
         Mirror { backend, ratio, upstreams, metrics, labels: (service.to_string(), route.to_string()) }
     }
 }
@@ -53,7 +60,10 @@ impl Element for Mirror {
         } else {
             let (tx, rx) = mpsc::channel(16);
             let broken = Arc::new(AtomicBool::new(false));
-            (Body::new(Tee { inner: primary_body, copy: Some(tx), broken: broken.clone() }), Body::new(CopyBody { rx, broken }))
+            (
+                Body::new(Tee { inner: primary_body, copy: Some(tx), broken: broken.clone() }),
+                Body::new(CopyBody { rx, broken }),
+            )
         };
         let mut primary = Request::from_parts(parts.clone_without_extensions(), primary_body);
         *primary.extensions_mut() = parts.extensions.clone();
@@ -74,8 +84,20 @@ impl Element for Mirror {
                 None => "no-endpoints",
                 Some(index) => {
                     let target = &backend.endpoints[index];
-                    let wire = if target.meshed || copy.version() == http::Version::HTTP_2 { Wire::Http2 } else { Wire::Http1 };
-                    let response = super::forward::send(&upstreams, target.addr, &backend.label, wire, backend.connect_timeout, copy).await;
+                    let wire = if target.meshed || copy.version() == http::Version::HTTP_2 {
+                        Wire::Http2
+                    } else {
+                        Wire::Http1
+                    };
+                    let response = super::forward::send(
+                        &upstreams,
+                        target.addr,
+                        &backend.label,
+                        wire,
+                        backend.connect_timeout,
+                        copy,
+                    )
+                    .await;
                     let failed = response.extensions().get::<crate::errors::ProxyError>().is_some();
                     // Read the answer to the end so the connection can be reused, then drop it.
                     let _ = response.into_body().collect().await;
@@ -123,11 +145,11 @@ impl HttpBody for Tee {
                 } else {
                     frame.trailers_ref().map(|t| Frame::trailers(t.clone()))
                 };
-                if let (Some(tx), Some(duplicate)) = (&self.copy, duplicate) {
-                    if tx.try_send(duplicate).is_err() {
-                        self.broken.store(true, Ordering::Relaxed);
-                        self.copy = None;
-                    }
+                if let (Some(tx), Some(duplicate)) = (&self.copy, duplicate)
+                    && tx.try_send(duplicate).is_err()
+                {
+                    self.broken.store(true, Ordering::Relaxed);
+                    self.copy = None;
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -172,4 +194,3 @@ impl HttpBody for CopyBody {
         }
     }
 }
-

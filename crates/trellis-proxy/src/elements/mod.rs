@@ -24,7 +24,12 @@ use std::sync::Arc;
 use trellis_api::{Route, Service, StringMatch};
 
 /// Compiles one route of `service` into its element chain.
-pub fn compile_route(service: &Service, route: &Route, route_name: &str, backends: &mut BackendBuilder) -> anyhow::Result<Vec<Arc<dyn Element>>> {
+pub fn compile_route(
+    service: &Service,
+    route: &Route,
+    route_name: &str,
+    backends: &mut BackendBuilder,
+) -> anyhow::Result<Vec<Arc<dyn Element>>> {
     let mut chain: Vec<Arc<dyn Element>> = Vec::new();
     if let Some(redirect) = &route.redirect {
         chain.push(Arc::new(respond::Redirect::new(redirect.clone())));
@@ -35,7 +40,10 @@ pub fn compile_route(service: &Service, route: &Route, route_name: &str, backend
         return Ok(chain);
     }
     if route.request_headers.is_some() || route.response_headers.is_some() {
-        chain.push(Arc::new(headers::HeaderRewrite::new(route.request_headers.as_ref(), route.response_headers.as_ref())?));
+        chain.push(Arc::new(headers::HeaderRewrite::new(
+            route.request_headers.as_ref(),
+            route.response_headers.as_ref(),
+        )?));
     }
     if let Some(rewrite) = &route.rewrite {
         let matched_prefix = match &route.matches.path {
@@ -53,7 +61,8 @@ pub fn compile_route(service: &Service, route: &Route, route_name: &str, backend
             .to
             .iter()
             .map(|d| {
-                let id = d.service.as_deref().map(|s| backends.resolve(s, &namespace)).unwrap_or_else(|| own_id.clone());
+                let id =
+                    d.service.as_deref().map(|s| backends.resolve(s, &namespace)).unwrap_or_else(|| own_id.clone());
                 (backends.get(&id, d.subset.as_deref()), d.weight.0)
             })
             .collect()
@@ -62,7 +71,14 @@ pub fn compile_route(service: &Service, route: &Route, route_name: &str, backend
     if let Some(mirror) = &route.mirror {
         let id = mirror.service.as_deref().map(|s| backends.resolve(s, &namespace)).unwrap_or_else(|| own_id.clone());
         let backend = backends.get(&id, mirror.subset.as_deref());
-        chain.push(Arc::new(mirror::Mirror::new(backend, mirror.percent.0, backends.runtime.upstreams.clone(), backends.runtime.metrics.clone(), &own_id, route_name)));
+        chain.push(Arc::new(mirror::Mirror::new(
+            backend,
+            mirror.percent.0,
+            backends.runtime.upstreams.clone(),
+            backends.runtime.metrics.clone(),
+            &own_id,
+            route_name,
+        )));
     }
     if let Some(timeout) = route.timeout.or(service.resilience.timeout) {
         chain.push(Arc::new(timeout::Timeout::new(timeout.get())));

@@ -20,7 +20,11 @@ impl Redirect {
         let (host, port) = (host.to_string(), port.map(str::to_string));
         let scheme = self.spec.scheme.clone().unwrap_or_else(|| "http".into());
         let host = self.spec.host.clone().unwrap_or(host);
-        let port = self.spec.port.map(|p| p.to_string()).or(if self.spec.host.is_some() || self.spec.scheme.is_some() { None } else { port });
+        let port = self
+            .spec
+            .port
+            .map(|p| p.to_string())
+            .or(if self.spec.host.is_some() || self.spec.scheme.is_some() { None } else { port });
         let path = self.spec.path.clone().unwrap_or_else(|| request.uri().path().to_string());
         let query = request.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
         match port {
@@ -63,7 +67,9 @@ impl DirectResponse {
             headers: spec
                 .headers
                 .iter()
-                .map(|(k, v)| Ok((HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?, HeaderValue::from_str(v)?)))
+                .map(|(k, v)| {
+                    Ok((HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())?, HeaderValue::from_str(v)?))
+                })
                 .collect::<anyhow::Result<_>>()?,
         })
     }

@@ -5,16 +5,16 @@
 //! in the replay buffer), attempts remain, and the retry budget allows it. Attempts are
 //! spaced by exponential backoff with full jitter and avoid endpoints that already failed.
 
+use super::TriedEndpoints;
 use crate::body::{Body, REPLAY_LIMIT, Replay};
 use crate::chain::{BoxFuture, Element, Next};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::metrics::Metrics;
-use super::TriedEndpoints;
 use http::{Request, Response};
 use rand::Rng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trellis_api::{RetryOn, Retries};
+use trellis_api::{Retries, RetryOn};
 
 /// How many attempts a request took, for access logs.
 #[derive(Clone, Copy, Debug)]
@@ -50,9 +50,16 @@ impl Retry {
     fn retryable(&self, response: &Response<Body>) -> bool {
         if let Some(error) = response.extensions().get::<ProxyError>() {
             return match error.reason {
-                Reason::ConnectFailure | Reason::ConnectTimeout => self.on.iter().any(|c| matches!(c, RetryOn::ConnectFailure | RetryOn::ServerError | RetryOn::GatewayError)),
-                Reason::UpstreamReset => self.on.iter().any(|c| matches!(c, RetryOn::Reset | RetryOn::ServerError | RetryOn::GatewayError)),
-                Reason::PerTryTimeout => self.on.iter().any(|c| matches!(c, RetryOn::ServerError | RetryOn::GatewayError)),
+                Reason::ConnectFailure | Reason::ConnectTimeout => self
+                    .on
+                    .iter()
+                    .any(|c| matches!(c, RetryOn::ConnectFailure | RetryOn::ServerError | RetryOn::GatewayError)),
+                Reason::UpstreamReset => {
+                    self.on.iter().any(|c| matches!(c, RetryOn::Reset | RetryOn::ServerError | RetryOn::GatewayError))
+                }
+                Reason::PerTryTimeout => {
+                    self.on.iter().any(|c| matches!(c, RetryOn::ServerError | RetryOn::GatewayError))
+                }
                 _ => false,
             };
         }
@@ -65,7 +72,12 @@ impl Retry {
         });
         // A trailers-only gRPC error carries grpc-status in the headers.
         let by_grpc = !self.grpc.is_empty()
-            && response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()).is_some_and(|code| self.grpc.contains(&code));
+            && response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok())
+                .is_some_and(|code| self.grpc.contains(&code));
         by_status || by_grpc
     }
 
@@ -81,7 +93,8 @@ impl Retry {
             None => next.run(request).await,
             Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
                 Ok(response) => response,
-                Err(_) => ProxyError::new(Reason::PerTryTimeout, format!("attempt got no response within {limit:?}")).into_response(grpc),
+                Err(_) => ProxyError::new(Reason::PerTryTimeout, format!("attempt got no response within {limit:?}"))
+                    .into_response(grpc),
             },
         }
     }
@@ -102,7 +115,8 @@ impl Element for Retry {
             let mut body = replay.attempt();
             loop {
                 let Some(this_body) = body.take() else {
-                    return ProxyError::new(Reason::Internal, "request body unavailable").into_response(is_grpc(&parts.headers));
+                    return ProxyError::new(Reason::Internal, "request body unavailable")
+                        .into_response(is_grpc(&parts.headers));
                 };
                 let mut request = Request::new(this_body);
                 *request.method_mut() = parts.method.clone();
@@ -153,7 +167,11 @@ struct Window {
 
 impl RetryBudget {
     pub fn new(ratio: f64, min_per_second: u32) -> Self {
-        RetryBudget { ratio, min_per_second, window: Mutex::new(Window { buckets: [(0, 0); BUCKETS], current: 0, current_started: Instant::now() }) }
+        RetryBudget {
+            ratio,
+            min_per_second,
+            window: Mutex::new(Window { buckets: [(0, 0); BUCKETS], current: 0, current_started: Instant::now() }),
+        }
     }
 
     fn with_window<T>(&self, f: impl FnOnce(&mut Window) -> T) -> T {

@@ -3,10 +3,10 @@
 //! Streaming responses are not cut once their headers arrived: a gRPC stream or a download
 //! may legitimately outlive the route timeout.
 
+use super::SelectedBackend;
 use crate::body::Body;
 use crate::chain::{BoxFuture, Element, Next};
 use crate::errors::{ProxyError, Reason, is_grpc};
-use super::SelectedBackend;
 use http::{Request, Response};
 use std::time::Duration;
 
@@ -32,7 +32,10 @@ impl Element for Timeout {
             match tokio::time::timeout(self.limit, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => {
-                    let mut error = ProxyError::new(Reason::RequestTimeout, format!("no response within the route timeout of {:?}", self.limit));
+                    let mut error = ProxyError::new(
+                        Reason::RequestTimeout,
+                        format!("no response within the route timeout of {:?}", self.limit),
+                    );
                     error.upstream = upstream;
                     error.into_response(grpc)
                 }

@@ -117,7 +117,11 @@ impl TestProxy {
         self.signal("HUP");
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.config_version() == before {
-            assert!(Instant::now() < deadline, "proxy did not pick up the new configuration:\n{}", self.child.output_tail());
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not pick up the new configuration:\n{}",
+                self.child.output_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -12,10 +12,7 @@ use tokio::net::TcpListener;
 use trellis_testkit::servers::{self, parse_duration};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "trellis-test-backend",
-    about = "Backend servers for Trellis end-to-end tests"
-)]
+#[command(name = "trellis-test-backend", about = "Backend servers for Trellis end-to-end tests")]
 struct Cli {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, global = true, default_value = "127.0.0.1:0")]
@@ -52,9 +49,7 @@ enum Mode {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let listener = TcpListener::bind(&cli.listen)
-        .await
-        .with_context(|| format!("binding {}", cli.listen))?;
+    let listener = TcpListener::bind(&cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
     let addr = listener.local_addr()?;
     // Tests block on this line to learn the port, so it must not sit in a buffer.
     let mut out = std::io::stdout().lock();
@@ -65,11 +60,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.mode {
         Mode::Http { status, delay } => {
             let status = StatusCode::from_u16(status).context("invalid --status")?;
-            let opts = servers::http::HttpOptions {
-                name: cli.name,
-                status,
-                delay,
-            };
+            let opts = servers::http::HttpOptions { name: cli.name, status, delay };
             servers::http::serve(listener, opts).await
         }
         Mode::Grpc => servers::grpc::serve(listener, cli.name).await,

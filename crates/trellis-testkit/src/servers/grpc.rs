@@ -27,10 +27,7 @@ impl EchoService {
     }
 
     fn reply(&self, message: String) -> EchoReply {
-        EchoReply {
-            message,
-            server: self.name.clone(),
-        }
+        EchoReply { message, server: self.name.clone() }
     }
 }
 
@@ -40,10 +37,7 @@ fn check_fail(req: &EchoRequest) -> Result<(), Status> {
     }
     // Codes outside i32 or unknown to tonic become UNKNOWN.
     let code = i32::try_from(req.fail_code).map_or(Code::Unknown, Code::from);
-    Err(Status::new(
-        code,
-        format!("requested failure {}", req.fail_code),
-    ))
+    Err(Status::new(code, format!("requested failure {}", req.fail_code)))
 }
 
 #[tonic::async_trait]
@@ -58,22 +52,15 @@ impl Echo for EchoService {
 
     /// Sends `count` replies with the request's message (lazily, so a huge
     /// count costs no memory); honours `fail_code` before the first reply.
-    async fn server_stream(
-        &self,
-        req: Request<EchoRequest>,
-    ) -> Result<Response<ReplyStream>, Status> {
+    async fn server_stream(&self, req: Request<EchoRequest>) -> Result<Response<ReplyStream>, Status> {
         let req = req.into_inner();
         check_fail(&req)?;
         let this = self.clone();
-        let stream = futures_util::stream::iter(0..req.count)
-            .map(move |_| Ok(this.reply(req.message.clone())));
+        let stream = futures_util::stream::iter(0..req.count).map(move |_| Ok(this.reply(req.message.clone())));
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn client_stream(
-        &self,
-        req: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<EchoReply>, Status> {
+    async fn client_stream(&self, req: Request<Streaming<EchoRequest>>) -> Result<Response<EchoReply>, Status> {
         let mut inbound = req.into_inner();
         let mut parts = Vec::new();
         while let Some(m) = inbound.message().await? {
@@ -86,14 +73,9 @@ impl Echo for EchoService {
 
     /// Maps the inbound stream directly, so each reply leaves as soon as its
     /// request arrives.
-    async fn bidi(
-        &self,
-        req: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<ReplyStream>, Status> {
+    async fn bidi(&self, req: Request<Streaming<EchoRequest>>) -> Result<Response<ReplyStream>, Status> {
         let this = self.clone();
-        let stream = req
-            .into_inner()
-            .map(move |r| r.map(|m| this.reply(m.message)));
+        let stream = req.into_inner().map(move |r| r.map(|m| this.reply(m.message)));
         Ok(Response::new(Box::pin(stream)))
     }
 }

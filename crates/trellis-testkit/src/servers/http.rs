@@ -58,11 +58,7 @@ pub struct HttpOptions {
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self {
-            name: "backend".into(),
-            status: StatusCode::OK,
-            delay: Duration::ZERO,
-        }
+        Self { name: "backend".into(), status: StatusCode::OK, delay: Duration::ZERO }
     }
 }
 
@@ -74,13 +70,8 @@ struct State {
 
 /// Serves HTTP on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, opts: HttpOptions) -> anyhow::Result<()> {
-    let name_header = HeaderValue::from_str(&opts.name)
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
-    let state = Arc::new(State {
-        opts,
-        name_header,
-        requests: AtomicU64::new(0),
-    });
+    let name_header = HeaderValue::from_str(&opts.name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
+    let state = Arc::new(State { opts, name_header, requests: AtomicU64::new(0) });
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -137,8 +128,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<RespBody> {
             report(state, req, state.opts.status).await
         }
     };
-    resp.headers_mut()
-        .insert("x-backend", state.name_header.clone());
+    resp.headers_mut().insert("x-backend", state.name_header.clone());
     resp
 }
 
@@ -154,10 +144,7 @@ async fn report(state: &State, req: Request<Incoming>, status: StatusCode) -> Re
             Err(_) => break,
         }
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
     let value = json!({
         "server": state.opts.name,
         "method": parts.method.as_str(),
@@ -197,8 +184,7 @@ fn headers_json(headers: &HeaderMap) -> Value {
 fn json_response(status: StatusCode, value: &Value) -> Response<RespBody> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -217,19 +203,15 @@ async fn echo(req: Request<Incoming>) -> Response<RespBody> {
         .get(CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
-    let expects_continue = req
-        .headers()
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue =
+        req.headers().get(EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut body = req.into_body();
     let body: RespBody = if expects_continue {
         // Polling the body makes hyper send `100 Continue`; it must go out
         // before our final response headers or the client never sends the body.
         let first = body.frame().await;
         let rest = BodyStream::new(body);
-        let stream = futures_util::stream::iter(first)
-            .chain(rest)
-            .map(|r| r.map_err(BoxError::from));
+        let stream = futures_util::stream::iter(first).chain(rest).map(|r| r.map_err(BoxError::from));
         BodyExt::boxed(StreamBody::new(stream))
     } else {
         body.map_err(BoxError::from).boxed()
@@ -239,8 +221,7 @@ async fn echo(req: Request<Incoming>) -> Response<RespBody> {
     resp
 }
 
-const PATTERN_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const PATTERN_ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const CHUNK_LEN: usize = 64 * 1024;
 
 static CHUNK: [u8; CHUNK_LEN] = {
@@ -269,10 +250,7 @@ impl Body for PatternBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -294,18 +272,15 @@ impl Body for PatternBody {
 
 fn sized(n: u64) -> Response<RespBody> {
     let mut resp = Response::new(PatternBody { remaining: n }.boxed());
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     resp
 }
 
 fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
 }
 
 /// Accepts an HTTP/1.1 WebSocket upgrade and echoes on the upgraded socket.
@@ -315,10 +290,7 @@ fn websocket(mut req: Request<Incoming>) -> Response<RespBody> {
         || !header_has_token(headers, CONNECTION, "upgrade")
         || !header_has_token(headers, UPGRADE, "websocket")
     {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "expected an HTTP/1.1 WebSocket upgrade",
-        );
+        return error_response(StatusCode::BAD_REQUEST, "expected an HTTP/1.1 WebSocket upgrade");
     }
     let Some(key) = headers.get("sec-websocket-key") else {
         return error_response(StatusCode::BAD_REQUEST, "missing sec-websocket-key");

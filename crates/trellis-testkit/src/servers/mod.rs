@@ -22,12 +22,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         return Err(format!("invalid duration {s:?}: expected Nms, Ns or Nm"));
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected Nms, Ns or Nm"))?;
-    n.checked_mul(unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected Nms, Ns or Nm"))?;
+    n.checked_mul(unit).map(Duration::from_millis).ok_or_else(|| format!("duration {s:?} is too large"))
 }
 
 #[cfg(test)]

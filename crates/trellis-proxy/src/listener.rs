@@ -52,6 +52,13 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
         Side::Inbound { .. } => Side::Inbound { app: shared.inbound_forward.unwrap_or(target) },
         other => other,
     };
+    if let Side::Inbound { app } = &side
+        && *app == local
+    {
+        // Not redirected and no `forward` address: sending it on would loop back here.
+        tracing::info!(%peer, %local, "inbound connection was not captured and `inbound.forward` is unset; closed");
+        return;
+    }
     let direction = side.direction();
 
     // Declared opaque: no detection at all (server-speaks-first protocols need this).

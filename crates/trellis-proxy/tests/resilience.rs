@@ -152,3 +152,18 @@ fn per_try_timeout_moves_a_stuck_attempt_to_another_endpoint() {
         assert!(served(stuck).await > 0, "the stuck backend was never tried");
     });
 }
+
+#[test]
+fn peak_ewma_steers_away_from_an_endpoint_that_is_down() {
+    let (_live, live) = spawn_backend(&["http", "--name", "live"]);
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let port = free_port();
+    let _proxy = TestProxy::start(&two_backend_config(port, live, dead, "{name: all}", "peak-ewma"));
+    rt().block_on(async {
+        let (statuses, _) = load(&format!("http://127.0.0.1:{port}/"), 200, 1).await;
+        let failed = statuses.get(&503).copied().unwrap_or(0);
+        println!("statuses with one endpoint down: {statuses:?}");
+        // The first failure marks the endpoint as very slow; later requests avoid it.
+        assert!(failed <= 3, "{failed} of 200 requests went to the dead endpoint: {statuses:?}");
+    });
+}

@@ -22,6 +22,9 @@ pub struct SelectedTarget(pub Target);
 #[derive(Clone, Default)]
 pub struct TriedEndpoints(pub Arc<Mutex<Vec<SocketAddr>>>);
 
+/// The latency charged to an endpoint for a failed connection attempt.
+const CONNECT_FAILURE_PENALTY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Balance;
 
 impl Element for Balance {
@@ -54,14 +57,13 @@ impl Element for Balance {
             request.extensions_mut().insert(SelectedTarget(target.clone()));
             let started = Instant::now();
             let response = next.run(request).await;
-            // Failed connects say nothing about the endpoint's latency.
+            // A failed connect is charged as a very slow answer, so latency-aware balancing
+            // steers away from an endpoint that is down instead of favouring its fast failures.
             let connect_failed = response
                 .extensions()
                 .get::<ProxyError>()
                 .is_some_and(|e| matches!(e.reason, Reason::ConnectFailure | Reason::ConnectTimeout));
-            if !connect_failed {
-                target.stats.observe_latency(started.elapsed());
-            }
+            target.stats.observe_latency(if connect_failed { CONNECT_FAILURE_PENALTY } else { started.elapsed() });
             response
         })
     }

@@ -1,8 +1,13 @@
-//! `trellis`: the one binary of the mesh. Subcommands run the proxy, set up transparent
-//! capture, and check configuration files.
+//! `trellis`: the one binary of the mesh. Subcommands run the proxy and the control plane,
+//! set up transparent capture, check configuration files, and manage resources through the
+//! control plane's API.
+
+mod client;
+mod resources;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use resources::Output;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -10,6 +15,8 @@ use std::path::PathBuf;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: client::Connection,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +45,83 @@ enum Command {
     Validate {
         #[arg(long, short = 'f', required = true)]
         file: Vec<PathBuf>,
+    },
+    /// Run the control plane: resource store, API, (later) registry and config push.
+    #[command(after_help = "Example:\n  trellis control --data-dir /var/lib/trellis --listen 127.0.0.1:7070\n\n\
+        At first start it creates an admin token and prints where it wrote it.")]
+    Control {
+        /// Where the store (one file) and the token list live.
+        #[arg(long, default_value = "./trellis-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+    },
+    /// Create or update resources from files (several documents per file).
+    #[command(
+        after_help = "Example:\n  trellis apply -f examples/canary.yaml\n  trellis apply -f reviews.yaml --dry-run"
+    )]
+    Apply {
+        #[arg(long, short = 'f', required = true)]
+        file: Vec<PathBuf>,
+        /// Validate and show what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// List resources of a kind, or show one (`KIND/NAME`).
+    #[command(after_help = "Example:\n  trellis get services -n shop\n  trellis get service/reviews -n shop -o yaml")]
+    Get {
+        what: String,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a resource (its history is kept).
+    #[command(after_help = "Example:\n  trellis delete service/reviews -n shop")]
+    Delete {
+        target: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+    },
+    /// Show every generation of a resource.
+    #[command(after_help = "Example:\n  trellis history service/reviews -n shop")]
+    History {
+        target: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Make an earlier generation of a resource current again.
+    #[command(after_help = "Example:\n  trellis rollback service/reviews -n shop --to 3")]
+    Rollback {
+        target: String,
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Manage API tokens.
+    #[command(after_help = "Example:\n  trellis token create alice --role service-owner --namespace shop")]
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token; it is printed once.
+    Create {
+        name: String,
+        /// admin, service-owner or viewer.
+        #[arg(long)]
+        role: String,
+        /// For service-owner: the namespace it may change.
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -96,10 +180,27 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let conn = cli.connection.clone();
     match cli.command {
-        Command::Proxy { config } => {
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run_proxy(config))
+        Command::Control { data_dir, listen } => runtime()?.block_on(run_control(data_dir, listen)),
+        Command::Apply { file, dry_run, output } => {
+            runtime()?.block_on(resources::apply(&conn, &file, dry_run, output))
         }
+        Command::Get { what, namespace, output } => {
+            runtime()?.block_on(resources::get(&conn, &what, namespace.as_deref(), output))
+        }
+        Command::Delete { target, namespace } => runtime()?.block_on(resources::delete(&conn, &target, &namespace)),
+        Command::History { target, namespace, output } => {
+            runtime()?.block_on(resources::history(&conn, &target, &namespace, output))
+        }
+        Command::Rollback { target, namespace, to } => {
+            runtime()?.block_on(resources::rollback(&conn, &target, &namespace, to))
+        }
+        Command::Token { action: TokenAction::Create { name, role, namespace } } => {
+            runtime()?.block_on(resources::create_token(&conn, &name, &role, namespace.as_deref()))
+        }
+        Command::Proxy { config } => runtime()?.block_on(run_proxy(config)),
         Command::Capture { action: CaptureAction::Install { rules, dry_run } } => {
             let rules = trellis_proxy::capture::CaptureRules {
                 inbound_port: rules.inbound_port,
@@ -141,6 +242,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_control(data_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use tokio::signal::unix::{SignalKind, signal};
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let store = trellis_control::store::Store::open(&data_dir)?;
+    let (tokens, admin_file) = trellis_control::auth::Tokens::open(&data_dir)?;
+    if let Some(file) = admin_file {
+        println!("admin token written to {}", file.display());
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the control-plane API"))?;
+    println!("control plane listening on http://{}", listener.local_addr()?);
+    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens });
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    axum::serve(listener, trellis_control::api::router(control))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
+        .await?;
+    Ok(())
 }
 
 async fn run_proxy(config: PathBuf) -> anyhow::Result<()> {

@@ -1,0 +1,244 @@
+//! The control plane's HTTP/JSON API (described in `docs/api/openapi.yaml`).
+//!
+//! Every request needs `Authorization: Bearer TOKEN`. Reads are open to every role; writes
+//! are checked per document against the caller's role. Errors are JSON
+//! `{"error": "...", "details": [...]}` with the status that fits: 400 bad input, 401 no or
+//! unknown token, 403 not allowed, 404 absent, 422 invalid configuration.
+
+use crate::auth::{Caller, Role, Tokens};
+use crate::store::{ResourceKey, Store, Stored};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Shared state behind every handler.
+pub struct ControlPlane {
+    pub store: Store,
+    pub tokens: Tokens,
+}
+
+/// The API's routes.
+pub fn router(control: Arc<ControlPlane>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/apply", post(apply))
+        .route("/v1/resources", get(list))
+        .route("/v1/resources/{kind}/{namespace}/{name}", get(get_one).delete(delete_one))
+        .route("/v1/resources/{kind}/{namespace}/{name}/history", get(history))
+        .route("/v1/resources/{kind}/{namespace}/{name}/rollback", post(rollback))
+        .route("/v1/tokens", post(create_token))
+        .with_state(control)
+}
+
+/// An error response.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    details: Vec<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into(), details: Vec::new() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.message, "details": self.details}))).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn authenticate(control: &ControlPlane, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer TOKEN` header"))?;
+    let secret = header
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "the Authorization header must be `Bearer TOKEN`"))?;
+    control.tokens.authenticate(secret.trim()).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))
+}
+
+fn forbid_unless(caller: &Caller, namespace: Option<&str>, what: &str) -> Result<(), ApiError> {
+    if caller.role.may_write(namespace) {
+        return Ok(());
+    }
+    let scope = match namespace {
+        Some(ns) => format!("namespace `{ns}`"),
+        None => "cluster-wide resources".to_string(),
+    };
+    let role = match &caller.role {
+        Role::Admin => "admin".to_string(),
+        Role::ServiceOwner { namespace } => format!("service-owner of `{namespace}`"),
+        Role::Viewer => "viewer".to_string(),
+    };
+    Err(ApiError::new(StatusCode::FORBIDDEN, format!("token `{}` ({role}) may not {what} in {scope}", caller.name)))
+}
+
+/// The namespace a document lives in; `None` for documents that are not namespaced.
+fn namespace_of(key: &ResourceKey) -> Option<&str> {
+    (key.namespace != "-").then_some(key.namespace.as_str())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyParams {
+    #[serde(default)]
+    dry_run: bool,
+    /// The file name used in error messages.
+    #[serde(default)]
+    file: Option<String>,
+}
+
+async fn apply(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Query(params): Query<ApplyParams>,
+    body: String,
+) -> ApiResult {
+    let caller = authenticate(&control, &headers)?;
+    let file = params.file.unwrap_or_else(|| "request".into());
+    let docs = trellis_api::parse_documents(&body, &file).map_err(|errors| ApiError {
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        message: format!("{} error(s) in {file}", errors.0.len()),
+        details: errors
+            .0
+            .iter()
+            .map(|e| {
+                json!({"file": e.file, "line": e.line, "column": e.column, "path": e.path, "message": e.message, "text": e.to_string()})
+            })
+            .collect(),
+    })?;
+    if docs.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("{file}: no documents to apply")));
+    }
+    for doc in &docs {
+        let key = ResourceKey::of(doc);
+        forbid_unless(&caller, namespace_of(&key), &format!("change {key}"))?;
+    }
+    let changes = control.store.apply(&docs, &caller.name, params.dry_run)?;
+    Ok(Json(json!({"dryRun": params.dry_run, "changes": changes})).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    kind: Option<String>,
+    namespace: Option<String>,
+}
+
+async fn list(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Query(params): Query<ListParams>,
+) -> ApiResult {
+    authenticate(&control, &headers)?;
+    let items = control.store.list(params.kind.as_deref(), params.namespace.as_deref())?;
+    Ok(Json(json!({"revision": control.store.revision(), "items": items})).into_response())
+}
+
+fn key_from(kind: String, namespace: String, name: String) -> ResourceKey {
+    ResourceKey { kind, namespace, name }
+}
+
+async fn get_one(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    authenticate(&control, &headers)?;
+    let key = key_from(kind, namespace, name);
+    match control.store.get(&key)? {
+        Some(stored) => Ok(Json(stored).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("{key} not found"))),
+    }
+}
+
+async fn delete_one(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    let caller = authenticate(&control, &headers)?;
+    let key = key_from(kind, namespace, name);
+    forbid_unless(&caller, namespace_of(&key), &format!("delete {key}"))?;
+    match control.store.delete(&key, &caller.name)? {
+        Some(change) => Ok(Json(change).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("{key} not found"))),
+    }
+}
+
+async fn history(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    authenticate(&control, &headers)?;
+    let key = key_from(kind, namespace, name);
+    let generations: Vec<Stored> = control.store.history(&key)?;
+    if generations.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("{key} has no history")));
+    }
+    Ok(Json(json!({"key": key.to_string(), "generations": generations})).into_response())
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    to: u64,
+}
+
+async fn rollback(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+    Json(body): Json<RollbackBody>,
+) -> ApiResult {
+    let caller = authenticate(&control, &headers)?;
+    let key = key_from(kind, namespace, name);
+    forbid_unless(&caller, namespace_of(&key), &format!("roll back {key}"))?;
+    let change = control
+        .store
+        .rollback(&key, body.to, &caller.name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(Json(change).into_response())
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    name: String,
+    #[serde(flatten)]
+    role: Role,
+}
+
+async fn create_token(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Json(request): Json<TokenRequest>,
+) -> ApiResult {
+    let caller = authenticate(&control, &headers)?;
+    if caller.role != Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("token `{}` is not an admin; only admins create tokens", caller.name),
+        ));
+    }
+    let secret = control
+        .tokens
+        .create(&request.name, request.role.clone())
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(json!({"name": request.name, "token": secret, "role": request.role})))
+        .into_response())
+}

@@ -56,8 +56,19 @@ impl IntoResponse for ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        let status = if e.is_bad_request() { StatusCode::BAD_REQUEST } else { StatusCode::INTERNAL_SERVER_ERROR };
+        ApiError::new(status, e.to_string())
     }
+}
+
+/// Runs a store call off the async workers: writes wait for the disk sync.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -130,7 +141,9 @@ async fn apply(
         let key = ResourceKey::of(doc);
         forbid_unless(&caller, namespace_of(&key), &format!("change {key}"))?;
     }
-    let changes = control.store.apply(&docs, &caller.name, params.dry_run)?;
+    let store = control.store.clone();
+    let dry_run = params.dry_run;
+    let changes = blocking(move || store.apply(&docs, &caller.name, dry_run)).await?;
     Ok(Json(json!({"dryRun": params.dry_run, "changes": changes})).into_response())
 }
 
@@ -175,7 +188,9 @@ async fn delete_one(
     let caller = authenticate(&control, &headers)?;
     let key = key_from(kind, namespace, name);
     forbid_unless(&caller, namespace_of(&key), &format!("delete {key}"))?;
-    match control.store.delete(&key, &caller.name)? {
+    let store = control.store.clone();
+    let (target, actor) = (key.clone(), caller.name.clone());
+    match blocking(move || store.delete(&target, &actor)).await? {
         Some(change) => Ok(Json(change).into_response()),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("{key} not found"))),
     }
@@ -209,10 +224,9 @@ async fn rollback(
     let caller = authenticate(&control, &headers)?;
     let key = key_from(kind, namespace, name);
     forbid_unless(&caller, namespace_of(&key), &format!("roll back {key}"))?;
-    let change = control
-        .store
-        .rollback(&key, body.to, &caller.name)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let store = control.store.clone();
+    let (target, actor) = (key.clone(), caller.name.clone());
+    let change = blocking(move || store.rollback(&target, body.to, &actor)).await?;
     Ok(Json(change).into_response())
 }
 

@@ -1,0 +1,434 @@
+#!/usr/bin/env bash
+# proxy-overhead.sh: what two Trellis proxies add to a request, measured in one command.
+#
+#   bench/proxy-overhead.sh
+#
+# Builds the release binaries (trellis, trellis-test-backend, trellis-bench), starts an HTTP
+# backend on loopback, then drives the same open-loop load (trellis-bench: fixed rate, latency
+# from each request's intended start) through three paths, one after the other:
+#
+#   direct      generator → backend
+#   meshed      generator → client proxy → (HTTP/2) → server proxy → backend
+#   not meshed  generator → client proxy → (HTTP/1.1) → server proxy → backend
+#
+# The client proxy has an explicit listener bound to a service whose one endpoint is the server
+# proxy's inbound listener (`meshed: true` or `false`); the server proxy forwards to the backend.
+# Each proxied path gets a fresh pair of proxies. For every proxy it records CPU time over the
+# measured window (utime+stime from /proc/PID/stat) and VmRSS idle and at the end of the load.
+#
+# Writes a markdown report to bench/results/proxy-overhead-<date>.md and prints it.
+#
+# Knobs (environment variables):
+#   RATE=1000          requests per second
+#   DURATION=30s       measured window per path
+#   WARMUP=5s          load before each window, left out of every number
+#   CONNECTIONS=16     HTTP/1.1 keep-alive connections from the generator
+#   REQUEST_PATH=/bytes/1024   what to GET (the backend answers /bytes/N with N bytes)
+#   OUT_DIR=bench/results
+#   BIN_DIR=           use trellis, trellis-test-backend and trellis-bench from this directory
+#                      instead of building them
+#
+# Needs: cargo (unless BIN_DIR), curl, and jq or python3. Nothing is pinned to a CPU; the
+# generator runs one runtime thread, leaving the other core(s) to the proxies and backend.
+# Every process the script starts is stopped when it exits, however it exits.
+
+set -euo pipefail
+
+RATE=${RATE:-1000}
+DURATION=${DURATION:-30s}
+WARMUP=${WARMUP:-5s}
+CONNECTIONS=${CONNECTIONS:-16}
+REQUEST_PATH=${REQUEST_PATH:-/bytes/1024}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
+
+die() { echo "proxy-overhead: $*" >&2; exit 1; }
+say() { echo "proxy-overhead: $*" >&2; }
+
+# ---------------------------------------------------------------- prerequisites
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is needed but not installed${2:+ ($2)}"; }
+need curl "apt-get install curl"
+need getconf
+need awk
+if command -v jq >/dev/null 2>&1; then
+    JSON=jq
+elif command -v python3 >/dev/null 2>&1; then
+    JSON=python3
+else
+    die "jq or python3 is needed to read trellis-bench's JSON (apt-get install jq)"
+fi
+[[ -r /proc/self/stat ]] || die "/proc is needed (Linux only)"
+CLK_TCK=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- cleanup
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/trellis-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- build
+if [[ -n ${BIN_DIR:-} ]]; then
+    BIN=$(cd "$BIN_DIR" && pwd)
+else
+    need cargo "install Rust with rustup"
+    say "building release binaries (cargo build --release)…"
+    (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
+        || die "the release build failed (see above)"
+    BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
+fi
+for b in trellis trellis-test-backend trellis-bench; do
+    [[ -x $BIN/$b ]] || die "$BIN/$b is missing (set BIN_DIR to where it is, or unset BIN_DIR to build it)"
+done
+
+# ---------------------------------------------------------------- helpers
+# A free loopback TCP port: random in 20000-32767 (below the usual ephemeral range), not in
+# /proc/net/tcp{,6} (listening or connected) and not handed out before by this script.
+GIVEN_PORTS=" "
+free_port() {
+    local p hex
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 12768))
+        printf -v hex '%04X' "$p"
+        [[ $GIVEN_PORTS == *" $p "* ]] && continue
+        grep -qi ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
+        GIVEN_PORTS+="$p "
+        echo "$p"
+        return
+    done
+    die "found no free port"
+}
+
+# start NAME CMD...: runs CMD in the background, output to $TMP/NAME.log; sets STARTED_PID.
+start() {
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+}
+
+# forget PID: it has been waited for, so cleanup must not signal it (the number may be reused).
+forget() {
+    local p kept=()
+    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+}
+
+# stop PID: SIGTERM, then SIGKILL after 5 s.
+stop() {
+    local pid=$1
+    if kill -TERM "$pid" 2>/dev/null; then
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    forget "$pid"
+}
+
+# wait_ok URL NAME PID: until URL answers 200 (20 s), or NAME's process dies.
+wait_ok() {
+    local url=$1 name=$2 pid=$3
+    for _ in $(seq 200); do
+        kill -0 "$pid" 2>/dev/null || { tail -20 "$TMP/$name.log" >&2; die "$name exited during start-up"; }
+        [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null) == 200 ]] && return
+        sleep 0.1
+    done
+    tail -20 "$TMP/$name.log" >&2
+    die "$name did not answer 200 on $url within 20 s"
+}
+
+# check_body URL: one request must give 200 and the expected body size.
+check_body() {
+    local out
+    out=$(curl -s -o /dev/null -m 5 -w '%{http_code} %{size_download}' "$1") || die "curl $1 failed"
+    [[ $out == "200 $EXPECTED_BYTES" ]] || die "$1 answered '$out' (want '200 $EXPECTED_BYTES')"
+}
+
+# cpu_ticks PID and rss_kib PID, with bash builtins only (no fork while measuring).
+cpu_ticks() {
+    local stat rest
+    read -r stat <"/proc/$1/stat" || { echo 0; return; }
+    rest=${stat##*) }   # fields after "pid (comm) "; the first of them is field 3
+    local -a fields
+    read -r -a fields <<<"$rest"
+    echo $((fields[11] + fields[12]))  # fields 14 (utime) and 15 (stime)
+}
+rss_kib() {
+    local key value _
+    while read -r key value _; do
+        [[ $key == VmRSS: ]] && { echo "$value"; return; }
+    done <"/proc/$1/status"
+    echo 0
+}
+
+jget() { # jget FILE DOTTED.PATH
+    if [[ $JSON == jq ]]; then
+        jq -r "(.$2) | if . == null then \"-\" else . end" "$1"
+    else
+        python3 -c 'import json,sys
+v=json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."): v=v.get(k) if isinstance(v,dict) else None
+print("-" if v is None else str(v).lower() if isinstance(v,bool) else v)' "$1" "$2"
+    fi
+}
+
+# measure LABEL URL NAME=PID...: one load run against URL. Samples CPU of every named process
+# when the generator starts and ends its measured window, RSS before the load and at its end.
+# Leaves $TMP/LABEL.json (the generator's report) and $TMP/LABEL.procs (name rss_idle
+# rss_load cpu_ticks per line).
+measure() {
+    local label=$1 url=$2
+    shift 2
+    local -a names=() pids=() idle=() cpu0=() cpu1=() load=()
+    local np i
+    for np in "$@"; do names+=("${np%%=*}"); pids+=("${np#*=}"); done
+    for i in "${!pids[@]}"; do idle[i]=$(rss_kib "${pids[i]}"); done
+
+    say "$label: $RATE req/s for $DURATION after $WARMUP warm-up → $url"
+    rm -f "$TMP/events"
+    mkfifo "$TMP/events"
+    "$BIN/trellis-bench" --url "$url" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" \
+        --connections "$CONNECTIONS" --threads 1 --output json >"$TMP/$label.json" 2>"$TMP/events" &
+    local bench=$!
+    PIDS+=("$bench")
+    local line fd
+    exec {fd}<"$TMP/events"
+    # Blocking reads: the samples are taken the moment the generator announces each phase.
+    while IFS= read -r -u "$fd" line; do
+        case $line in
+        "trellis-bench: measuring")
+            for i in "${!pids[@]}"; do cpu0[i]=$(cpu_ticks "${pids[i]}"); done ;;
+        "trellis-bench: schedule done")
+            for i in "${!pids[@]}"; do cpu1[i]=$(cpu_ticks "${pids[i]}"); load[i]=$(rss_kib "${pids[i]}"); done ;;
+        *) echo "$line" >>"$TMP/$label.err" ;;
+        esac
+    done
+    exec {fd}<&-
+    local status=0
+    wait "$bench" || status=$?
+    forget "$bench"
+    if ((status != 0)) || [[ -z ${cpu1[0]:-} ]]; then
+        cat "$TMP/$label.err" >&2 2>/dev/null || true
+        die "$label: trellis-bench failed (exit $status)"
+    fi
+    for i in "${!pids[@]}"; do
+        kill -0 "${pids[i]}" 2>/dev/null || die "$label: ${names[i]} died during the load"
+        echo "${names[i]} ${idle[i]} ${load[i]} $((cpu1[i] - cpu0[i]))"
+    done >"$TMP/$label.procs"
+    say "$label: ok $(jget "$TMP/$label.json" ok), errors $(jget "$TMP/$label.json" errors), p50 $(jget "$TMP/$label.json" latency_ms.p50) ms, p99 $(jget "$TMP/$label.json" latency_ms.p99) ms"
+}
+
+# proxy_pair LABEL MESHED: starts a server proxy (inbound → backend) and a client proxy
+# (explicit listener → server proxy); sets CLIENT_PID SERVER_PID CLIENT_URL CLIENT_ADMIN
+# SERVER_ADMIN.
+proxy_pair() {
+    local label=$1 meshed=$2
+    local inbound admin_s listen admin_c
+    inbound=$(free_port) admin_s=$(free_port) listen=$(free_port) admin_c=$(free_port)
+    cat >"$TMP/$label-server.yaml" <<EOF
+kind: Proxy
+name: $label-server
+admin: '127.0.0.1:$admin_s'
+drainTimeout: 1s
+inbound: {listen: '127.0.0.1:$inbound', forward: '127.0.0.1:$BACKEND_PORT'}
+EOF
+    cat >"$TMP/$label-client.yaml" <<EOF
+kind: Proxy
+name: $label-client
+admin: '127.0.0.1:$admin_c'
+drainTimeout: 1s
+explicit: [{listen: '127.0.0.1:$listen', service: web}]
+---
+kind: Service
+name: web
+---
+kind: Endpoints
+service: web
+endpoints: [{address: '127.0.0.1:$inbound', meshed: $meshed}]
+EOF
+    local side
+    for side in server client; do
+        "$BIN/trellis" validate -f "$TMP/$label-$side.yaml" >"$TMP/validate.log" 2>&1 ||
+            { cat "$TMP/validate.log" >&2; die "the generated $side proxy configuration is invalid"; }
+    done
+    start "$label-server" "$BIN/trellis" proxy -c "$TMP/$label-server.yaml"
+    SERVER_PID=$STARTED_PID
+    start "$label-client" "$BIN/trellis" proxy -c "$TMP/$label-client.yaml"
+    CLIENT_PID=$STARTED_PID
+    wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
+    wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
+    CLIENT_URL="http://127.0.0.1:$listen$REQUEST_PATH"
+    SERVER_ADMIN="127.0.0.1:$admin_s"
+    CLIENT_ADMIN="127.0.0.1:$admin_c"
+    check_body "$CLIENT_URL"
+}
+
+# detections ADMIN: accepted connections by protocol-detection outcome (e.g. "http1=17"), from
+# the proxy's /metrics. Anything but http1/http2 means some connections were not handled as
+# HTTP (a connection idle past detectTimeout becomes opaque TCP).
+detections() {
+    curl -s -m 5 "http://$1/metrics" |
+        awk '/^trellis_protocol_detections_total/ {
+                 match($0, /outcome="[^"]*"/); o = substr($0, RSTART + 9, RLENGTH - 10)
+                 n[o] += $NF }
+             END { for (o in n) if (n[o] > 0) printf "%s%s=%d", (c++ ? " " : ""), o, n[o] }'
+}
+
+# ---------------------------------------------------------------- run
+case $REQUEST_PATH in /bytes/*) EXPECTED_BYTES=${REQUEST_PATH#/bytes/} ;; *) die "REQUEST_PATH must be /bytes/N" ;; esac
+
+start backend "$BIN/trellis-test-backend" --listen 127.0.0.1:0 http
+BACKEND_PID=$STARTED_PID
+for _ in $(seq 100); do
+    BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
+    [[ -n $BACKEND_PORT ]] && break
+    kill -0 "$BACKEND_PID" 2>/dev/null || { cat "$TMP/backend.log" >&2; die "the backend exited"; }
+    sleep 0.1
+done
+[[ -n $BACKEND_PORT ]] || die "the backend did not say where it listens"
+BACKEND_URL="http://127.0.0.1:$BACKEND_PORT$REQUEST_PATH"
+check_body "$BACKEND_URL"
+
+declare -A DETECTED=()
+measure direct "$BACKEND_URL" backend="$BACKEND_PID"
+
+proxy_pair meshed true
+measure meshed "$CLIENT_URL" client="$CLIENT_PID" server="$SERVER_PID" backend="$BACKEND_PID"
+DETECTED[meshed-client]=$(detections "$CLIENT_ADMIN")
+DETECTED[meshed-server]=$(detections "$SERVER_ADMIN")
+stop "$CLIENT_PID"
+stop "$SERVER_PID"
+
+proxy_pair plain false
+measure plain "$CLIENT_URL" client="$CLIENT_PID" server="$SERVER_PID" backend="$BACKEND_PID"
+DETECTED[plain-client]=$(detections "$CLIENT_ADMIN")
+DETECTED[plain-server]=$(detections "$SERVER_ADMIN")
+stop "$CLIENT_PID"
+stop "$SERVER_PID"
+
+# ---------------------------------------------------------------- report
+num() { # num FILE PATH: a number with 3 decimals, or "-"
+    local v
+    v=$(jget "$1" "$2")
+    [[ $v == - ]] && { echo -; return; }
+    awk -v v="$v" 'BEGIN { printf "%.3f", v }'
+}
+delta() { # delta A B: A - B with a sign, or "-"
+    [[ $1 == - || $2 == - ]] && { echo -; return; }
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'
+}
+
+declare -A TITLE=([direct]="direct" [meshed]="2 proxies, meshed (HTTP/2 between)" [plain]="2 proxies, not meshed (HTTP/1.1 between)")
+D50=$(num "$TMP/direct.json" latency_ms.p50)
+D99=$(num "$TMP/direct.json" latency_ms.p99)
+NOTES=()
+
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+mkdir -p "$OUT_DIR"
+OUT="$OUT_DIR/proxy-overhead-$STAMP.md"
+CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $COMMIT != unknown ]] && [[ -n $(cd "$ROOT" && git status --porcelain 2>/dev/null) ]]; then COMMIT+=" + uncommitted changes"; fi
+
+{
+    echo "# Trellis proxy overhead, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, Linux $(uname -r). Commit: $COMMIT."
+    [[ -n ${BIN_DIR:-} ]] && echo "Binaries: taken from \`$BIN\`, not built by the script."
+    echo
+    echo "Load: \`trellis-bench\`, open loop at $RATE req/s for $DURATION per path after a $WARMUP warm-up"
+    echo "(excluded), $CONNECTIONS HTTP/1.1 keep-alive connections, GET $REQUEST_PATH, 1 generator thread, nothing"
+    echo "pinned. Latency runs from each request's intended start (coordinated-omission corrected) and"
+    echo "covers 2xx responses read to the end. The paths ran one after the other in one run of"
+    echo "\`bench/proxy-overhead.sh\`; each proxied path had a fresh pair of proxies."
+    echo
+    echo "| path | ok | errors | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | added p50 ms | added p99 ms |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for l in direct meshed plain; do
+        f=$TMP/$l.json
+        p50=$(num "$f" latency_ms.p50) p99=$(num "$f" latency_ms.p99)
+        if [[ $l == direct ]]; then a50="" a99=""; else a50=$(delta "$p50" "$D50") a99=$(delta "$p99" "$D99"); fi
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${TITLE[$l]}" "$(jget "$f" ok)" "$(jget "$f" errors)" \
+            "$(awk -v v="$(jget "$f" achieved_rate)" 'BEGIN { printf "%.1f", v }')" \
+            "$p50" "$p99" "$(num "$f" latency_ms.p999)" "$(num "$f" latency_ms.max)" "$a50" "$a99"
+    done
+    echo
+    echo "Per process, over the measured window (CPU from /proc/PID/stat utime+stime, $CLK_TCK ticks/s;"
+    echo "RSS is VmRSS before the load and at the end of it):"
+    echo
+    echo "| path | process | CPU s / 10k req | CPU % of a core | RSS idle MiB | RSS load MiB |"
+    echo "|---|---|---:|---:|---:|---:|"
+    for l in direct meshed plain; do
+        requests=$(jget "$TMP/$l.json" intended)
+        seconds=$(jget "$TMP/$l.json" duration_s)
+        while read -r name rss0 rss1 ticks; do
+            case $name in client) what="client-side proxy" ;; server) what="server-side proxy" ;; *) what="backend (for scale)" ;; esac
+            awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" -v s="$seconds" -v r0="$rss0" -v r1="$rss1" \
+                -v path="${TITLE[$l]}" -v what="$what" 'BEGIN {
+                    cpu = t / hz
+                    printf "| %s | %s | %.3f | %.1f | %.1f | %.1f |\n", path, what, (n > 0 ? cpu / n * 10000 : 0), cpu / s * 100, r0 / 1024, r1 / 1024 }'
+        done <"$TMP/$l.procs"
+    done
+    echo
+    echo "Generator health (its own delay is part of every latency above):"
+    echo
+    echo "| path | lag p50 ms | lag p99 ms | max lag ms | requests >10 ms late | most queued for a connection | reconnects | generator CPU % |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for l in direct meshed plain; do
+        f=$TMP/$l.json
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${TITLE[$l]}" "$(num "$f" lag_ms.p50)" "$(num "$f" lag_ms.p99)" \
+            "$(num "$f" max_lag_ms)" "$(jget "$f" late_requests)" "$(jget "$f" max_queued)" "$(jget "$f" reconnects)" \
+            "$(awk -v v="$(jget "$f" generator_cpu_percent)" 'BEGIN { printf "%.1f", v }')"
+    done
+    echo
+    echo "Connections each proxy accepted, by detected protocol (the generator's plus one curl check;"
+    echo "anything but http1/http2 would have bypassed HTTP handling):"
+    echo
+    echo "| proxy | meshed | not meshed |"
+    echo "|---|---|---|"
+    echo "| client-side | ${DETECTED[meshed-client]:-none} | ${DETECTED[plain-client]:-none} |"
+    echo "| server-side | ${DETECTED[meshed-server]:-none} | ${DETECTED[plain-server]:-none} |"
+    for l in direct meshed plain; do
+        f=$TMP/$l.json
+        [[ $(jget "$f" errors) != 0 ]] && NOTES+=("${TITLE[$l]}: $(jget "$f" errors) errors (non-2xx $(jget "$f" non_2xx), io $(jget "$f" io_errors), timeout $(jget "$f" timeouts)).")
+        [[ $(jget "$f" connect_errors) != 0 ]] && NOTES+=("${TITLE[$l]}: $(jget "$f" connect_errors) failed connection attempts.")
+        [[ $(jget "$f" fell_behind) == true ]] && NOTES+=("${TITLE[$l]}: the generator fell behind its schedule ($(jget "$f" late_requests) requests more than 10 ms late; max lag $(num "$f" max_lag_ms) ms).")
+        [[ $(jget "$f" intended) != "$(jget "$f" ok)" ]] && NOTES+=("${TITLE[$l]}: $(jget "$f" intended) requests scheduled but $(jget "$f" ok) answered 2xx.")
+        body=$(awk -v v="$(jget "$f" mean_body_bytes)" 'BEGIN { printf "%d", v + 0.5 }')
+        [[ $body != "$EXPECTED_BYTES" ]] && NOTES+=("${TITLE[$l]}: mean body $body bytes, expected $EXPECTED_BYTES.")
+        [[ -s $TMP/$l.err ]] && NOTES+=("${TITLE[$l]}: generator said: $(tr '\n' ' ' <"$TMP/$l.err")")
+    done
+    for k in meshed-client meshed-server plain-client plain-server; do
+        for o in ${DETECTED[$k]:-none=0}; do
+            [[ $o == http1=* || $o == http2=* ]] || NOTES+=("$k proxy: $o connection(s) not detected as HTTP (so not proxied as HTTP).")
+        done
+    done
+    [[ ${DETECTED[meshed-server]:-} == http2=* ]] || NOTES+=("meshed: the hop between the proxies was not HTTP/2 only (${DETECTED[meshed-server]:-none}).")
+    [[ ${DETECTED[plain-server]:-} == http1=* && ${DETECTED[plain-server]} != *" "* ]] || NOTES+=("not meshed: the hop between the proxies was not HTTP/1.1 only (${DETECTED[plain-server]:-none}).")
+    echo
+    if ((${#NOTES[@]})); then
+        echo "**Check:**"
+        for n in "${NOTES[@]}"; do echo "- $n"; done
+    else
+        echo "No errors, the generator kept its schedule, every response had the expected $EXPECTED_BYTES bytes."
+    fi
+} >"$OUT"
+
+cat "$OUT"
+say "report written to $OUT"

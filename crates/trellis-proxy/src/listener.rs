@@ -13,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Most bytes read while detecting a protocol before calling the connection opaque.
 const MAX_DETECT_BYTES: usize = 16 * 1024;
 
+/// How long a connection to a port declared HTTP may stay silent before it is closed.
+const HTTP_IDLE_BEFORE_FIRST_REQUEST: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Accepts until the proxy starts draining.
 pub async fn accept_loop(listener: TcpListener, side: Side, shared: Arc<Shared>) {
     let mut drain = shared.drain_signal();
@@ -77,7 +80,23 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
             !s.spec.ports.is_empty() && s.spec.ports.iter().all(|p| p.protocol == trellis_api::Protocol::Tcp)
         }),
     };
-    let detect_timeout = config.settings.detect_timeout.get();
+    // A port declared HTTP may idle before its first request (pooled client connections are
+    // opened ahead of use), so it waits as long as an idle HTTP connection may, and a silent
+    // one is closed rather than turned into opaque TCP.
+    let http_family = |p: trellis_api::Protocol| {
+        matches!(p, trellis_api::Protocol::Http | trellis_api::Protocol::Http2 | trellis_api::Protocol::Grpc)
+    };
+    let declared_http = match &side {
+        Side::Inbound { .. } => false,
+        Side::Outbound { .. } => {
+            config.service_for_address(target).and_then(|s| s.protocol(target.port())).is_some_and(http_family)
+        }
+        Side::Explicit { service } => config
+            .service_named(service)
+            .is_some_and(|s| !s.spec.ports.is_empty() && s.spec.ports.iter().all(|p| http_family(p.protocol))),
+    };
+    let detect_timeout =
+        if declared_http { HTTP_IDLE_BEFORE_FIRST_REQUEST } else { config.settings.detect_timeout.get() };
     if declared_opaque {
         shared.runtime.metrics.detection(direction, detect::Outcome::DeclaredOpaque.as_str());
         let destination = tcp_destination(&side, target, &shared, None);
@@ -97,7 +116,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
         }
     };
     shared.runtime.metrics.detection(direction, outcome.as_str());
-    if outcome == detect::Outcome::ClosedEarly {
+    if outcome == detect::Outcome::ClosedEarly || (declared_http && outcome == detect::Outcome::Timeout) {
         return;
     }
     let connection = Connection { peer, target };

@@ -207,3 +207,27 @@ fn server_speaks_first_protocols_do_not_stall() {
         proxy.metrics()
     );
 }
+
+#[test]
+fn declared_http_ports_wait_for_a_slow_first_request() {
+    let (_backend, addr) = spawn_backend(&["http", "--name", "web"]);
+    let port = free_port();
+    let proxy = TestProxy::start(&format!(
+        "kind: Proxy\nadmin: '{{admin}}'\ndetectTimeout: 100ms\nexplicit: [{{listen: '127.0.0.1:{port}', service: web}}]\n---\nkind: Service\nname: web\nports: [{{port: 80, protocol: http}}]\n---\nkind: Endpoints\nservice: web\nendpoints: [{{address: '{addr}'}}]\n"
+    ));
+    // A pooled client connection opened ahead of use: silent for longer than detectTimeout.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET /late HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"path\":\"/late\"") || response.contains("\"path\": \"/late\""), "{response}");
+    assert_eq!(
+        proxy.metric_sum("trellis_protocol_detections_total", &["outcome=\"http1\""]),
+        1.0,
+        "{}",
+        proxy.metrics()
+    );
+}

@@ -17,59 +17,11 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-/// How a [`Balancer`] chooses among endpoints. Every algorithm honours endpoint weights.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    /// Smooth weighted round robin: each endpoint's turns are spread evenly over a cycle.
-    RoundRobin,
-    /// Power of two choices on requests in flight per unit of weight.
-    LeastRequest,
-    /// Power of two choices on peak-EWMA latency × load, per unit of weight.
-    ///
-    /// The default, as in Linkerd: it is the only algorithm that notices an endpoint
-    /// that is slow rather than busy (a bad node, a GC pause, a cold cache), and it
-    /// degrades to least-request when latencies are equal.
-    #[default]
-    PeakEwma,
-    /// Consistent hashing on a ketama-style ring; keyless requests are spread at random.
-    RingHash,
-    /// Consistent hashing with Google's Maglev lookup table; keyless requests are random.
-    Maglev,
-    /// Weighted random.
-    Random,
-}
-
-impl Algorithm {
-    /// Name as written in configuration, for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round-robin",
-            Algorithm::LeastRequest => "least-request",
-            Algorithm::PeakEwma => "peak-ewma",
-            Algorithm::RingHash => "ring-hash",
-            Algorithm::Maglev => "maglev",
-            Algorithm::Random => "random",
-        }
-    }
-
-    /// Whether requests need a hash key ([`Balancer::pick`]'s `hash`) for this algorithm.
-    pub fn uses_hash(self) -> bool {
-        matches!(self, Algorithm::RingHash | Algorithm::Maglev)
-    }
-}
-
-impl From<trellis_api::Algorithm> for Algorithm {
-    fn from(a: trellis_api::Algorithm) -> Self {
-        match a {
-            trellis_api::Algorithm::RoundRobin => Algorithm::RoundRobin,
-            trellis_api::Algorithm::LeastRequest => Algorithm::LeastRequest,
-            trellis_api::Algorithm::PeakEwma => Algorithm::PeakEwma,
-            trellis_api::Algorithm::RingHash => Algorithm::RingHash,
-            trellis_api::Algorithm::Maglev => Algorithm::Maglev,
-            trellis_api::Algorithm::Random => Algorithm::Random,
-        }
-    }
-}
+/// How a [`Balancer`] chooses among endpoints: the configuration's own type, so the two
+/// cannot drift. Every algorithm honours endpoint weights. The default is peak-EWMA, as in
+/// Linkerd: it is the only algorithm that notices an endpoint that is slow rather than
+/// busy, and it degrades to least-request when latencies are equal.
+pub use trellis_api::Algorithm;
 
 /// Time constant of the latency EWMA (Linkerd's and Finagle's default).
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
@@ -1034,11 +986,5 @@ mod tests {
         let bytes: Vec<u8> = (0..100).collect();
         assert_eq!(hash_key(&bytes), 0x6AC1_E580_3216_6597);
         assert_eq!(xxh64(b"abc", 1), 0xBEA9_CA81_9932_8908);
-    }
-
-    #[test]
-    fn algorithm_maps_from_config() {
-        assert_eq!(Algorithm::from(trellis_api::Algorithm::default()), Algorithm::default());
-        assert_eq!(Algorithm::from(trellis_api::Algorithm::Maglev).as_str(), "maglev");
     }
 }

@@ -5,7 +5,7 @@
 //! swaps it in atomically; requests in flight keep the one they started with. Endpoint load
 //! statistics and upstream connections live outside it, so reloads keep them.
 
-use crate::balance::{self, BalancedEndpoint, Balancer, EndpointStats};
+use crate::balance::{BalancedEndpoint, Balancer, EndpointStats};
 use crate::chain::Element;
 use crate::elements;
 use crate::routing::RouteMatcher;
@@ -256,14 +256,7 @@ impl BackendBuilder<'_> {
             .map(|e| Target { addr: e.address, meshed: e.meshed, stats: self.runtime.endpoints.stats(e.address) })
             .collect();
         let lb = spec.map(|s| s.load_balancer.clone()).unwrap_or_default();
-        let algorithm = match lb.algorithm {
-            trellis_api::Algorithm::RoundRobin => balance::Algorithm::RoundRobin,
-            trellis_api::Algorithm::LeastRequest => balance::Algorithm::LeastRequest,
-            trellis_api::Algorithm::PeakEwma => balance::Algorithm::PeakEwma,
-            trellis_api::Algorithm::RingHash => balance::Algorithm::RingHash,
-            trellis_api::Algorithm::Maglev => balance::Algorithm::Maglev,
-            trellis_api::Algorithm::Random => balance::Algorithm::Random,
-        };
+        let algorithm = lb.algorithm;
         let balancer = Balancer::new(
             algorithm,
             endpoints

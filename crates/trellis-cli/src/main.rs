@@ -11,7 +11,13 @@ use resources::Output;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "trellis", version, about = "Trellis service mesh", propagate_version = true)]
+#[command(
+    name = "trellis",
+    version,
+    about = "Trellis service mesh",
+    propagate_version = true,
+    after_help = "Examples:\n  trellis proxy -c sidecar.yaml\n  trellis validate -f reviews.yaml\n  trellis control --data-dir ./trellis-data\n  trellis apply -f reviews.yaml"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,6 +109,9 @@ enum Command {
         #[arg(long)]
         to: u64,
     },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  trellis completions bash > /etc/bash_completion.d/trellis")]
+    Completions { shell: clap_complete::Shell },
     /// Manage API tokens.
     #[command(after_help = "Example:\n  trellis token create alice --role service-owner --namespace shop")]
     Token {
@@ -114,6 +123,7 @@ enum Command {
 #[derive(Subcommand)]
 enum TokenAction {
     /// Create a token; it is printed once.
+    #[command(after_help = "Example:\n  trellis token create alice --role service-owner --namespace shop")]
     Create {
         name: String,
         /// admin, service-owner or viewer.
@@ -128,6 +138,9 @@ enum TokenAction {
 #[derive(Subcommand)]
 enum CaptureAction {
     /// Install the rules (replacing earlier Trellis rules).
+    #[command(
+        after_help = "Example:\n  ip netns exec app trellis capture install --inbound-port 15006 --outbound-port 15001 --exclude-inbound-ports 22"
+    )]
     Install {
         #[command(flatten)]
         rules: RuleArgs,
@@ -136,6 +149,7 @@ enum CaptureAction {
         dry_run: bool,
     },
     /// Remove every Trellis rule and chain.
+    #[command(after_help = "Example:\n  ip netns exec app trellis capture remove")]
     Remove,
 }
 
@@ -201,6 +215,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(resources::create_token(&conn, &name, &role, namespace.as_deref()))
         }
         Command::Proxy { config } => runtime()?.block_on(run_proxy(config)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "trellis", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Capture { action: CaptureAction::Install { rules, dry_run } } => {
             let rules = trellis_proxy::capture::CaptureRules {
                 inbound_port: rules.inbound_port,

@@ -7,6 +7,9 @@
 //! - [`Endpoints`]: a static list of a service's instances (the control plane's registry
 //!   replaces it later).
 //! - [`ProxySettings`] (`kind: Proxy`): a proxy's own listeners and limits, for static mode.
+//! - Kubernetes Gateway API `HTTPRoute` and `GRPCRoute` attached to a Service (mesh / GAMMA):
+//!   translated while parsing into that Service's routes (see `gateway_api.rs`), so the result
+//!   holds only the kinds above.
 //!
 //! [`parse_documents`] turns text into typed [`Resource`]s and reports every problem with
 //! file, line, column and field path; [`validate`] adds the checks that span fields and
@@ -14,6 +17,7 @@
 
 mod duration;
 mod errors;
+mod gateway_api;
 mod parse;
 mod proxy;
 mod service;
@@ -22,7 +26,7 @@ mod validate;
 pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use parse::{parse_documents, parse_file};
-pub use proxy::{ExplicitListener, InboundListener, OutboundListener, ProxySettings};
+pub use proxy::{ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings};
 pub use service::*;
 pub use validate::validate;
 

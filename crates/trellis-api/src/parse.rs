@@ -3,6 +3,7 @@
 //! Each document is read twice: once untyped to learn its `kind`, then again straight from
 //! the text into its type, so that errors keep their line and column.
 
+use crate::gateway_api::{self, GatewayRoutes, ROUTE_KINDS, RouteKind};
 use crate::{ConfigError, ConfigErrors, Endpoints, KINDS, ProxySettings, Resource, Service};
 use serde::Deserialize;
 use std::path::Path;
@@ -33,9 +34,17 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Resource>, ConfigEr
 
     let mut resources = Vec::new();
     let mut lines = Vec::new();
+    let mut gateway_routes = GatewayRoutes::default();
     for (index, (document, kind)) in serde_yaml_ng::Deserializer::from_str(text).zip(kinds).enumerate() {
         let parsed = match kind {
             Ok(None) => continue, // an empty document, e.g. a trailing `---`
+            Ok(Some(Kind::Route(kind))) => {
+                // Gateway API routes become routes of Services, added after all documents are read.
+                let line = starts.get(index).copied().unwrap_or(0);
+                let doc = gateway_api::Doc { text, file, index, line, insert_at: resources.len() };
+                gateway_routes.read(kind, document, doc, &mut errors);
+                continue;
+            }
             Ok(Some(Kind::Service)) => typed::<Service>(document, file).map(Resource::Service),
             Ok(Some(Kind::Endpoints)) => typed::<Endpoints>(document, file).map(Resource::Endpoints),
             Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(Resource::Proxy),
@@ -50,6 +59,7 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Resource>, ConfigEr
             Err(e) => errors.push(e),
         }
     }
+    gateway_routes.merge(text, file, &mut resources, &mut lines, &mut errors);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -69,6 +79,7 @@ enum Kind {
     Service,
     Endpoints,
     Proxy,
+    Route(RouteKind),
 }
 
 fn kind_of(value: &serde_yaml_ng::Value, file: &str, line: usize) -> Result<Option<Kind>, ConfigError> {
@@ -77,13 +88,15 @@ fn kind_of(value: &serde_yaml_ng::Value, file: &str, line: usize) -> Result<Opti
         serde_yaml_ng::Value::Mapping(map) => map,
         _ => return Err(error_at(file, line, 1, "", "a document must be a mapping with a `kind`".into())),
     };
-    let valid = KINDS.join(", ");
+    let valid = KINDS.iter().chain(ROUTE_KINDS).copied().collect::<Vec<_>>().join(", ");
     match map.get("kind") {
         None => Err(error_at(file, line, 1, "kind", format!("missing; expected one of {valid}"))),
         Some(serde_yaml_ng::Value::String(kind)) => match kind.as_str() {
             "Service" => Ok(Some(Kind::Service)),
             "Endpoints" => Ok(Some(Kind::Endpoints)),
             "Proxy" => Ok(Some(Kind::Proxy)),
+            "HTTPRoute" => Ok(Some(Kind::Route(RouteKind::Http))),
+            "GRPCRoute" => Ok(Some(Kind::Route(RouteKind::Grpc))),
             other => Err(error_at(file, line, 1, "kind", format!("unknown kind `{other}`; expected one of {valid}"))),
         },
         Some(_) => Err(error_at(file, line, 1, "kind", format!("must be a string, one of {valid}"))),
@@ -91,7 +104,10 @@ fn kind_of(value: &serde_yaml_ng::Value, file: &str, line: usize) -> Result<Opti
 }
 
 /// Deserializes one document into `T`, ignoring its `kind` field.
-fn typed<'de, T: Deserialize<'de>>(document: serde_yaml_ng::Deserializer<'de>, file: &str) -> Result<T, ConfigError> {
+pub(crate) fn typed<'de, T: Deserialize<'de>>(
+    document: serde_yaml_ng::Deserializer<'de>,
+    file: &str,
+) -> Result<T, ConfigError> {
     let mut track = serde_path_to_error::Track::new();
     let result = T::deserialize(serde_path_to_error::Deserializer::new(SkipKind(document), &mut track));
     result.map_err(|e| {
@@ -101,7 +117,7 @@ fn typed<'de, T: Deserialize<'de>>(document: serde_yaml_ng::Deserializer<'de>, f
 }
 
 /// Errors in a top-level field carry the document's position; point at the key's own line.
-fn locate_top_level_key(mut e: ConfigError, text: &str) -> ConfigError {
+pub(crate) fn locate_top_level_key(mut e: ConfigError, text: &str) -> ConfigError {
     let key = e.path.as_str();
     if key.is_empty() || key.contains(['.', '[']) || e.line == 0 {
         return e;

@@ -33,6 +33,50 @@ pub struct ProxySettings {
     /// path. Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<String>,
+    /// The control plane that pushes services and endpoints to this proxy. Without it the
+    /// proxy runs on this file alone (static mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlSettings>,
+    /// The workload this proxy runs next to, registered with the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadSettings>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlSettings {
+    /// The control plane's push endpoint, e.g. `http://127.0.0.1:7071`.
+    pub url: String,
+    /// Where the last good pushed configuration is kept, so the proxy can start from it
+    /// while the control plane is unreachable.
+    pub state_dir: std::path::PathBuf,
+    /// Unique per proxy; defaults to `SERVICE-HOSTNAME-PID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSettings {
+    pub service: crate::Name,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Where other proxies reach this workload.
+    pub address: SocketAddr,
+    /// Services this workload calls (`NAME` or `NAME.NAMESPACE`); empty: every service of
+    /// its namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<String>,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
 }
 
 impl ProxySettings {
@@ -62,6 +106,8 @@ impl Default for ProxySettings {
             drain_timeout: Self::default_drain_timeout(),
             mark: Self::default_mark(),
             access_log: None,
+            control: None,
+            workload: None,
         }
     }
 }

@@ -278,9 +278,17 @@ impl<'de> Deserialize<'de> for Percent {
 }
 
 /// A ratio written as a percentage that may be fractional: `20%`, `0.5%`, or a number.
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Serialize)]
-#[serde(transparent)]
+/// Held as a fraction (0.2 for `20%`); written back as a percentage.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
 pub struct Ratio(pub f64);
+
+impl Serialize for Ratio {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Rounded so that 0.07 * 100 prints as 7%, not 7.000000000000001%.
+        let percent = (self.0 * 100.0 * 1e9).round() / 1e9;
+        s.collect_str(&format_args!("{percent}%"))
+    }
+}
 
 impl<'de> Deserialize<'de> for Ratio {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

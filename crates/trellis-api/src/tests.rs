@@ -66,9 +66,14 @@ fn unknown_field_is_named_with_position() {
 fn unknown_kind_and_missing_kind() {
     assert_eq!(
         errors("kind: Sevice\nname: a\n"),
-        vec!["t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Proxy"]
+        vec![
+            "t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Proxy, HTTPRoute, GRPCRoute"
+        ]
     );
-    assert_eq!(errors("---\nname: a\n"), vec!["t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Proxy"]);
+    assert_eq!(
+        errors("---\nname: a\n"),
+        vec!["t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Proxy, HTTPRoute, GRPCRoute"]
+    );
 }
 
 #[test]
@@ -137,5 +142,18 @@ fn hostile_input_never_panics() {
         "kind: Service\nname: a\nsubsets: {v1: [1]}",
     ] {
         let _ = parse_documents(text, "t.yaml");
+    }
+}
+
+#[test]
+fn documents_survive_a_json_round_trip() {
+    // The control plane stores and pushes documents as JSON; reading them back must give
+    // the same resources.
+    let text = format!("{REVIEWS}---\nkind: Service\nname: extra\nnamespace: shop\nloadBalancer: {{algorithm: ring-hash, hashOn: {{cookie: session}}}}\nroutes:\n  - match: {{path: {{regex: \"/a+\"}}, headers: {{x-a: {{prefix: b}}, x-c: {{present: true}}}}, query: {{q: \"1\"}}}}\n    retries: {{attempts: 2, budget: {{ratio: 7%}}}}\n    mirror: {{service: reviews, percent: 12.5}}\n    rewrite: {{path: /x}}\n  - redirect: {{host: example.com, status: 308}}\n");
+    let docs = parse_documents(&text, "t.yaml").unwrap();
+    for doc in docs {
+        let json = serde_json::to_string(&doc).unwrap();
+        let again = parse_documents(&json, "t.json").unwrap_or_else(|e| panic!("{e}\n{json}"));
+        assert_eq!(again, vec![doc], "{json}");
     }
 }

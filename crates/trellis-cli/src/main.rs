@@ -61,6 +61,12 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: std::net::SocketAddr,
+        /// Where proxies open their configuration streams (gRPC).
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        push_listen: std::net::SocketAddr,
+        /// How long a proxy whose stream ended stays registered (its endpoints stay in use).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        registry_grace: std::time::Duration,
     },
     /// Create or update resources from files (several documents per file).
     #[command(
@@ -197,7 +203,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let conn = cli.connection.clone();
     match cli.command {
-        Command::Control { data_dir, listen } => runtime()?.block_on(run_control(data_dir, listen)),
+        Command::Control { data_dir, listen, push_listen, registry_grace } => {
+            runtime()?.block_on(run_control(data_dir, listen, push_listen, registry_grace))
+        }
         Command::Apply { file, dry_run, output } => {
             runtime()?.block_on(resources::apply(&conn, &file, dry_run, output))
         }
@@ -263,7 +271,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_control(data_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<()> {
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<trellis_api::Duration>().map(|d| d.get())
+}
+
+async fn run_control(
+    data_dir: PathBuf,
+    listen: std::net::SocketAddr,
+    push_listen: std::net::SocketAddr,
+    registry_grace: std::time::Duration,
+) -> anyhow::Result<()> {
     use std::sync::Arc;
     use tokio::signal::unix::{SignalKind, signal};
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
@@ -275,8 +292,21 @@ async fn run_control(data_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow:
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the control-plane API"))?;
+    let registry = Arc::new(trellis_control::registry::Registry::new(registry_grace));
+    let snapshots = trellis_control::push::spawn_snapshot_builder(store.clone(), registry.clone());
+    let push_socket = tokio::net::TcpListener::bind(push_listen)
+        .await
+        .with_context(|| format!("cannot listen on {push_listen} for proxy streams"))?;
+    println!("proxy streams on http://{}", push_socket.local_addr()?);
+    let push = trellis_control::push::PushService::new(registry.clone(), snapshots);
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(push_socket);
+        if let Err(e) = tonic::transport::Server::builder().add_service(push).serve_with_incoming(incoming).await {
+            tracing::error!("proxy stream server stopped: {e}");
+        }
+    });
     println!("control plane listening on http://{}", listener.local_addr()?);
-    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens });
+    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens, registry });
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     axum::serve(listener, trellis_control::api::router(control))

@@ -65,6 +65,9 @@ pub async fn apply(conn: &Connection, files: &[PathBuf], dry_run: bool, output: 
 }
 
 pub async fn get(conn: &Connection, what: &str, namespace: Option<&str>, output: Output) -> anyhow::Result<()> {
+    if matches!(what, "proxies" | "proxy" | "px") {
+        return proxies(conn, namespace, output).await;
+    }
     if what.contains('/') {
         let (kind, ns, name) = parse_target(what, namespace.unwrap_or("default"))?;
         let (status, body) = conn.call(http::Method::GET, &format!("/v1/resources/{kind}/{ns}/{name}"), None).await?;
@@ -88,6 +91,43 @@ pub async fn get(conn: &Connection, what: &str, namespace: Option<&str>, output:
                 item["generation"],
                 item["revision"],
                 item["actor"].as_str().unwrap_or("?")
+            );
+        }
+    })
+}
+
+/// Connected proxies: workload, the version they acknowledged, in sync or not, last seen.
+async fn proxies(conn: &Connection, namespace: Option<&str>, output: Output) -> anyhow::Result<()> {
+    let (status, body) = conn.call(http::Method::GET, "/v1/proxies", None).await?;
+    let mut body = expect_ok(status, body)?;
+    if let (Some(ns), Some(items)) = (namespace, body["items"].as_array_mut()) {
+        items.retain(|p| p["workload"]["namespace"] == ns);
+    }
+    print(output, &body, |body| {
+        println!(
+            "{:<28} {:<24} {:<10} {:<17} {:<8} {:>9}  {}",
+            "PROXY", "WORKLOAD", "STATE", "ACKED VERSION", "IN SYNC", "LAST SEEN", "LAST NACK"
+        );
+        for p in body["items"].as_array().into_iter().flatten() {
+            let workload = format!(
+                "{}.{}",
+                p["workload"]["service"].as_str().unwrap_or("-"),
+                p["workload"]["namespace"].as_str().unwrap_or("-")
+            );
+            let state = match (p["connected"].as_bool(), p["ready"].as_bool()) {
+                (Some(false), _) => "gone",
+                (_, Some(true)) => "ready",
+                _ => "not-ready",
+            };
+            println!(
+                "{:<28} {:<24} {:<10} {:<17} {:<8} {:>8}s  {}",
+                p["proxy_id"].as_str().unwrap_or("?"),
+                workload,
+                state,
+                p["acked_version"].as_str().unwrap_or("-"),
+                if p["in_sync"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                p["last_seen_seconds_ago"],
+                p["nack"].as_str().unwrap_or("")
             );
         }
     })

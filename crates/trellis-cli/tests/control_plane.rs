@@ -24,7 +24,8 @@ fn start() -> ControlPlane {
     let dir = std::env::temp_dir().join(format!("trellis-cp-{}-{}", std::process::id(), free_port()));
     let listen = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(cargo_bin("trellis"));
-    cmd.args(["control", "--listen", &listen, "--data-dir"]).arg(&dir);
+    let push = format!("127.0.0.1:{}", free_port());
+    cmd.args(["control", "--listen", &listen, "--push-listen", &push, "--data-dir"]).arg(&dir);
     let mut child = ChildProcess::spawn(cmd).unwrap();
     let line = child.wait_for_line("admin token written to ", Duration::from_secs(20)).unwrap();
     let token_file = line.trim_start_matches("admin token written to ").trim().to_string();

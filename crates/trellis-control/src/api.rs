@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub struct ControlPlane {
     pub store: Store,
     pub tokens: Tokens,
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// The API's routes.
@@ -32,6 +33,7 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/v1/resources/{kind}/{namespace}/{name}/history", get(history))
         .route("/v1/resources/{kind}/{namespace}/{name}/rollback", post(rollback))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/proxies", get(proxies))
         .with_state(control)
 }
 
@@ -255,4 +257,9 @@ async fn create_token(
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
     Ok((StatusCode::CREATED, Json(json!({"name": request.name, "token": secret, "role": request.role})))
         .into_response())
+}
+
+async fn proxies(State(control): State<Arc<ControlPlane>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&control, &headers)?;
+    Ok(Json(json!({"items": control.registry.proxies()})).into_response())
 }

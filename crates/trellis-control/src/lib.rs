@@ -4,9 +4,15 @@
 //!   in the data directory), so that `history` and `rollback` work and a crash loses nothing
 //!   that was acknowledged.
 //! - [`auth`]: bearer tokens and roles (`admin`, `service-owner` of one namespace, `viewer`).
-//! - [`api`]: the HTTP/JSON API the CLI uses (apply, get, list, delete, history, rollback),
-//!   described in `docs/api/openapi.yaml`.
+//! - [`api`]: the HTTP/JSON API the CLI uses (apply, get, list, delete, history, rollback,
+//!   proxies), described in `docs/api/openapi.yaml`.
+//! - [`registry`]: connected proxies, their workloads, health and acknowledged versions.
+//! - [`snapshot`]: the compiler from resources + registry to each proxy's configuration.
+//! - [`push`]: the per-proxy gRPC stream that sends incremental updates and records ACK/NACK.
 
 pub mod api;
 pub mod auth;
+pub mod push;
+pub mod registry;
+pub mod snapshot;
 pub mod store;

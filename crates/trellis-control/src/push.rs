@@ -1,0 +1,224 @@
+//! Config push: one long-lived gRPC stream per proxy (`trellis.config.v1.ConfigDiscovery`).
+//!
+//! A builder task rebuilds the shared [`Snapshot`] whenever the store commits or the registry
+//! changes. Each proxy's stream task then computes that proxy's share, compares it with what
+//! the proxy holds, and sends only the difference — nothing at all when its share did not
+//! change — with a nonce and the version of the proxy's whole configuration. The proxy's
+//! ACK or NACK is recorded in the registry; after a NACK the next update is computed
+//! against what the proxy last accepted.
+
+use crate::registry::{Registry, Workload};
+use crate::snapshot::{Piece, Snapshot};
+use crate::store::Store;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use trellis_protocol::v1::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
+use trellis_protocol::v1::{ConfigUpdate, Hello, ProxyMessage, Resource, proxy_message};
+
+/// Keeps the snapshot current: rebuilt after every store commit and registry change, and
+/// expires proxies gone past their grace period.
+pub fn spawn_snapshot_builder(store: Store, registry: Arc<Registry>) -> watch::Receiver<Arc<Snapshot>> {
+    let build = |store: &Store, registry: &Registry| {
+        let items = store.list(None, None).unwrap_or_else(|e| {
+            tracing::error!("cannot read the store to build proxy configuration: {e}");
+            Vec::new()
+        });
+        Arc::new(Snapshot::build(&items, registry))
+    };
+    let (tx, rx) = watch::channel(build(&store, &registry));
+    let mut commits = store.subscribe();
+    let mut registry_changes = registry.subscribe();
+    tokio::spawn(async move {
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                commit = commits.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = commit {
+                        return;
+                    }
+                }
+                changed = registry_changes.changed() => if changed.is_err() { return },
+                _ = expiry.tick() => {
+                    if !registry.expire() {
+                        continue;
+                    }
+                }
+            }
+            // Coalesce a burst of changes into one rebuild.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            while commits.try_recv().is_ok() {}
+            registry_changes.borrow_and_update();
+            let snapshot = tokio::task::block_in_place(|| build(&store, &registry));
+            if tx.send(snapshot).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+pub struct PushService {
+    registry: Arc<Registry>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl PushService {
+    pub fn new(
+        registry: Arc<Registry>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+    ) -> ConfigDiscoveryServer<PushService> {
+        ConfigDiscoveryServer::new(PushService { registry, snapshots })
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigDiscovery for PushService {
+    type StreamStream = ReceiverStream<Result<ConfigUpdate, Status>>;
+
+    async fn stream(&self, request: Request<Streaming<ProxyMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(ProxyMessage { kind: Some(proxy_message::Kind::Hello(hello)) }) => hello,
+            _ => return Err(Status::invalid_argument("the first message of a stream must be a Hello")),
+        };
+        if hello.proxy_id.is_empty() {
+            return Err(Status::invalid_argument("Hello.proxy_id is empty"));
+        }
+        let workload = workload_of(&hello)?;
+        let stream = self.registry.connect(&hello.proxy_id, workload.clone(), hello.ready);
+        tracing::info!(proxy = %hello.proxy_id, service = %workload.service, namespace = %workload.namespace, "proxy connected");
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session {
+            proxy_id: hello.proxy_id.clone(),
+            stream,
+            workload,
+            registry: self.registry.clone(),
+            held: hello.known.clone().into_iter().collect(),
+            accepted: hello.known.into_iter().collect(),
+            pending: BTreeMap::new(),
+            nonce: 0,
+        };
+        tokio::spawn(session.run(inbound, self.snapshots.clone(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn workload_of(hello: &Hello) -> Result<Workload, Status> {
+    let w = hello.workload.clone().unwrap_or_default();
+    let address = if w.address.is_empty() {
+        None
+    } else {
+        Some(
+            w.address
+                .parse()
+                .map_err(|_| Status::invalid_argument(format!("workload address `{}` is not IP:PORT", w.address)))?,
+        )
+    };
+    Ok(Workload {
+        service: w.service,
+        namespace: if w.namespace.is_empty() { "default".into() } else { w.namespace },
+        labels: w.labels.into_iter().collect(),
+        zone: w.zone,
+        region: w.region,
+        address,
+        calls: w.calls,
+    })
+}
+
+/// One proxy's stream.
+struct Session {
+    proxy_id: String,
+    stream: u64,
+    workload: Workload,
+    registry: Arc<Registry>,
+    /// What the proxy holds once every update sent so far is applied: name → hash.
+    held: BTreeMap<String, String>,
+    /// What the proxy last accepted, to fall back to after a NACK.
+    accepted: BTreeMap<String, String>,
+    /// Updates awaiting an answer: nonce → (version, resulting holdings).
+    pending: BTreeMap<String, (String, BTreeMap<String, String>)>,
+    nonce: u64,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<ProxyMessage>,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        tx: mpsc::Sender<Result<ConfigUpdate, Status>>,
+    ) {
+        let snapshot = snapshots.borrow_and_update().clone();
+        if self.push(&snapshot, &tx).await.is_err() {
+            self.registry.disconnect(&self.proxy_id, self.stream);
+            return;
+        }
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.receive(message),
+                    Ok(None) | Err(_) => break,
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if self.push(&snapshot, &tx).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(proxy = %self.proxy_id, "proxy disconnected");
+        self.registry.disconnect(&self.proxy_id, self.stream);
+    }
+
+    fn receive(&mut self, message: ProxyMessage) {
+        match message.kind {
+            Some(proxy_message::Kind::Ack(ack)) => {
+                let Some((version, holdings)) = self.pending.remove(&ack.nonce) else { return };
+                if ack.error.is_empty() {
+                    self.accepted = holdings;
+                } else {
+                    tracing::warn!(proxy = %self.proxy_id, %version, error = %ack.error, "proxy rejected configuration");
+                    // The proxy stays on what it accepted; later updates start from there.
+                    self.held = self.accepted.clone();
+                }
+                self.registry.acked(&self.proxy_id, self.stream, &version, &ack.error);
+            }
+            Some(proxy_message::Kind::Heartbeat(beat)) => {
+                self.registry.heartbeat(&self.proxy_id, self.stream, beat.ready)
+            }
+            Some(proxy_message::Kind::Hello(_)) | None => {}
+        }
+    }
+
+    /// Sends the difference between the proxy's share of `snapshot` and what it holds.
+    async fn push(&mut self, snapshot: &Snapshot, tx: &mpsc::Sender<Result<ConfigUpdate, Status>>) -> Result<(), ()> {
+        let own = (!self.workload.service.is_empty()).then_some(self.workload.service.as_str());
+        let share: BTreeMap<String, Piece> = snapshot.for_workload(&self.workload.namespace, own, &self.workload.calls);
+        let upserts: Vec<Resource> = share
+            .iter()
+            .filter(|(name, piece)| self.held.get(*name) != Some(&piece.hash))
+            .map(|(name, piece)| Resource { name: name.clone(), hash: piece.hash.clone(), json: piece.json.clone() })
+            .collect();
+        let removals: Vec<String> = self.held.keys().filter(|name| !share.contains_key(*name)).cloned().collect();
+        let first = self.nonce == 0;
+        if upserts.is_empty() && removals.is_empty() && !first {
+            return Ok(());
+        }
+        let holdings: BTreeMap<String, String> = share.iter().map(|(n, p)| (n.clone(), p.hash.clone())).collect();
+        let version = trellis_protocol::version_of(holdings.iter().map(|(n, h)| (n.as_str(), h.as_str())));
+        self.nonce += 1;
+        let nonce = format!("{}-{}", self.stream, self.nonce);
+        self.pending.insert(nonce.clone(), (version.clone(), holdings.clone()));
+        self.held = holdings;
+        self.registry.sent(&self.proxy_id, self.stream, &version);
+        tracing::debug!(proxy = %self.proxy_id, %version, upserts = upserts.len(), removals = removals.len(), "pushing");
+        tx.send(Ok(ConfigUpdate { nonce, version, upserts, removals })).await.map_err(|_| ())
+    }
+}

@@ -1,0 +1,41 @@
+//! The wire protocol between the Trellis control plane and its proxies (`proto/config.proto`):
+//! one bidirectional gRPC stream per proxy carrying workload registration, heartbeats,
+//! incremental configuration updates and their ACK/NACK.
+
+pub mod v1 {
+    tonic::include_proto!("trellis.config.v1");
+}
+
+/// A stable 64-bit content hash (FNV-1a), printed as 16 hex digits. Stable across
+/// processes and versions, unlike std's hasher, because proxies and the control plane
+/// compare the hashes each computed.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
+    format!("{hash:016x}")
+}
+
+/// The version of a whole configuration: a hash over its resources' names and hashes, in
+/// name order.
+pub fn version_of<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut pairs: Vec<(&str, &str)> = resources.into_iter().collect();
+    pairs.sort_unstable();
+    let mut text = String::new();
+    for (name, hash) in pairs {
+        text.push_str(name);
+        text.push('=');
+        text.push_str(hash);
+        text.push('\n');
+    }
+    content_hash(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_ignores_order() {
+        let a = super::version_of([("Service/a/x", "1"), ("Service/a/y", "2")]);
+        let b = super::version_of([("Service/a/y", "2"), ("Service/a/x", "1")]);
+        assert_eq!(a, b);
+        assert_ne!(a, super::version_of([("Service/a/x", "1")]));
+    }
+}

@@ -26,7 +26,9 @@ mod validate;
 pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use parse::{parse_documents, parse_file};
-pub use proxy::{ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings};
+pub use proxy::{
+    ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings,
+};
 pub use service::*;
 pub use validate::validate;
 

@@ -149,7 +149,9 @@ fn hostile_input_never_panics() {
 fn documents_survive_a_json_round_trip() {
     // The control plane stores and pushes documents as JSON; reading them back must give
     // the same resources.
-    let text = format!("{REVIEWS}---\nkind: Service\nname: extra\nnamespace: shop\nloadBalancer: {{algorithm: ring-hash, hashOn: {{cookie: session}}}}\nroutes:\n  - match: {{path: {{regex: \"/a+\"}}, headers: {{x-a: {{prefix: b}}, x-c: {{present: true}}}}, query: {{q: \"1\"}}}}\n    retries: {{attempts: 2, budget: {{ratio: 7%}}}}\n    mirror: {{service: reviews, percent: 12.5}}\n    rewrite: {{path: /x}}\n  - redirect: {{host: example.com, status: 308}}\n");
+    let text = format!(
+        "{REVIEWS}---\nkind: Service\nname: extra\nnamespace: shop\nloadBalancer: {{algorithm: ring-hash, hashOn: {{cookie: session}}}}\nroutes:\n  - match: {{path: {{regex: \"/a+\"}}, headers: {{x-a: {{prefix: b}}, x-c: {{present: true}}}}, query: {{q: \"1\"}}}}\n    retries: {{attempts: 2, budget: {{ratio: 7%}}}}\n    mirror: {{service: reviews, percent: 12.5}}\n    rewrite: {{path: /x}}\n  - redirect: {{host: example.com, status: 308}}\n"
+    );
     let docs = parse_documents(&text, "t.yaml").unwrap();
     for doc in docs {
         let json = serde_json::to_string(&doc).unwrap();

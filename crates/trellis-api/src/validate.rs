@@ -37,7 +37,9 @@ pub(crate) fn validate_located(resources: &[Resource], file: &str, lines: &[usiz
                 if proxies > 1 {
                     v.error("", "more than one `kind: Proxy` document; a proxy has one".into());
                 }
-                for (i, listener) in proxy.explicit.iter().enumerate() {
+                // With a control plane, services arrive later by push.
+                let listeners = if proxy.control.is_some() { &[][..] } else { &proxy.explicit[..] };
+                for (i, listener) in listeners.iter().enumerate() {
                     let known = resolve(&listener.service, "default", &services).is_some()
                         || resources.iter().any(|r| matches!(r, Resource::Endpoints(e) if names(&listener.service, &e.namespace, &e.service)));
                     if !known {

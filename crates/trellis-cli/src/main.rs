@@ -292,7 +292,7 @@ async fn run_control(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the control-plane API"))?;
-    let registry = Arc::new(trellis_control::registry::Registry::new(registry_grace));
+    let registry = Arc::new(trellis_control::registry::Registry::open(&data_dir, registry_grace));
     let snapshots = trellis_control::push::spawn_snapshot_builder(store.clone(), registry.clone());
     let push_socket = tokio::net::TcpListener::bind(push_listen)
         .await

@@ -6,7 +6,7 @@
 //! control plane blip) does not churn the endpoints every other proxy sees. Ready workloads
 //! are the endpoints of their service.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// What a proxy told us about its workload.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workload {
     pub service: String,
     pub namespace: String,
@@ -58,8 +58,18 @@ struct Entry {
     stream: u64,
 }
 
+/// An entry as saved on disk.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    proxy_id: String,
+    workload: Workload,
+    ready: bool,
+}
+
 pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Where the registry is saved; `None` keeps it in memory only.
+    path: Option<std::path::PathBuf>,
     grace: Duration,
     /// Bumped whenever the endpoint set may have changed.
     changed: watch::Sender<u64>,
@@ -67,12 +77,69 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry kept in memory only.
     pub fn new(grace: Duration) -> Self {
         Registry {
             entries: Mutex::new(HashMap::new()),
+            path: None,
             grace,
             changed: watch::channel(0).0,
             streams: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// A registry saved in `data_dir`, starting from what was saved there.
+    pub fn open(data_dir: &std::path::Path, grace: Duration) -> Self {
+        let path = data_dir.join("registry.json");
+        let mut registry = Registry::new(grace);
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Saved>>(&bytes) {
+                Ok(saved) => {
+                    let now = Instant::now();
+                    let mut entries = registry.entries.lock().unwrap_or_else(|e| e.into_inner());
+                    for s in saved {
+                        entries.insert(
+                            s.proxy_id,
+                            Entry {
+                                workload: s.workload,
+                                connected: false,
+                                ready: s.ready,
+                                last_seen: now,
+                                disconnected_at: Some(now),
+                                connected_since: SystemTime::now(),
+                                sent_version: None,
+                                acked_version: None,
+                                nack: None,
+                                stream: 0,
+                            },
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("{}: not a registry file ({e}); starting empty", path.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot read {}: {e}; starting empty", path.display()),
+        }
+        registry.path = Some(path);
+        registry
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.path else { return };
+        let saved: Vec<Saved> = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .map(|(id, e)| Saved { proxy_id: id.clone(), workload: e.workload.clone(), ready: e.ready })
+                .collect()
+        };
+        let tmp = path.with_extension("json.tmp");
+        let result = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!("cannot save the registry to {}: {e}", path.display());
         }
     }
 
@@ -80,7 +147,9 @@ impl Registry {
         self.changed.subscribe()
     }
 
+    /// Records that the endpoint set may have changed: saves and wakes the compiler.
     fn bump(&self) {
+        self.save();
         self.changed.send_modify(|n| *n += 1);
     }
 

@@ -17,6 +17,7 @@ pub mod body;
 pub mod capture;
 pub mod chain;
 pub mod config;
+pub mod control_client;
 pub mod detect;
 pub mod elements;
 pub mod errors;
@@ -55,6 +56,10 @@ pub struct Shared {
     last_reload_error: Mutex<Option<String>>,
     /// Digest of the file text last tried; also serializes reloads.
     last_tried: Mutex<Option<u64>>,
+    /// The configuration file's documents, as last loaded.
+    file_documents: Mutex<Vec<trellis_api::Resource>>,
+    /// Documents pushed by the control plane.
+    pushed: Mutex<Vec<trellis_api::Resource>>,
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -119,9 +124,12 @@ impl Shared {
             };
         }
         *last_tried = Some(digest);
-        let result = trellis_api::parse_documents(&text, &name)
-            .map_err(|e| e.to_string())
-            .and_then(|docs| RunningConfig::compile(docs, &self.runtime).map_err(|e| e.to_string()));
+        let result = trellis_api::parse_documents(&text, &name).map_err(|e| e.to_string()).and_then(|docs| {
+            let pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let compiled = RunningConfig::compile(combine(&docs, &pushed), &self.runtime).map_err(|e| e.to_string())?;
+            *self.file_documents.lock().unwrap_or_else(|e| e.into_inner()) = docs;
+            Ok(compiled)
+        });
         match result {
             Ok(new) => {
                 let version = new.version.clone();
@@ -142,6 +150,32 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+}
+
+/// The file's documents and the pushed ones as one configuration; a pushed document
+/// replaces a file document with the same key.
+fn combine(file: &[trellis_api::Resource], pushed: &[trellis_api::Resource]) -> Vec<trellis_api::Resource> {
+    let pushed_keys: std::collections::HashSet<String> = pushed.iter().map(|d| d.key()).collect();
+    file.iter().filter(|d| !pushed_keys.contains(&d.key())).cloned().chain(pushed.iter().cloned()).collect()
+}
+
+impl Shared {
+    /// Switches to the documents the control plane pushed (with the file's own), if they
+    /// compile; otherwise keeps the running configuration and says why (for the NACK).
+    pub fn install_pushed(&self, documents: Vec<trellis_api::Resource>) -> Result<String, String> {
+        let _serialized = self.last_tried.lock().unwrap_or_else(|e| e.into_inner());
+        let file = self.file_documents.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let compiled = RunningConfig::compile(combine(&file, &documents), &self.runtime).map_err(|e| e.to_string())?;
+        let version = compiled.version.clone();
+        if version != self.config().version {
+            self.config.store(Arc::new(compiled));
+            *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = SystemTime::now();
+            self.runtime.metrics.config_version(&version);
+            tracing::info!(%version, "pushed configuration applied");
+        }
+        *self.pushed.lock().unwrap_or_else(|e| e.into_inner()) = documents;
+        Ok(version)
     }
 }
 
@@ -180,7 +214,7 @@ impl Proxy {
         let upstreams = Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark }));
         let runtime =
             Runtime { upstreams: upstreams.clone(), endpoints: EndpointRegistry::default(), metrics: metrics.clone() };
-        let running = RunningConfig::compile(documents, &runtime)?;
+        let running = RunningConfig::compile(documents.clone(), &runtime)?;
         metrics.config_version(&running.version);
         let access_log = match &settings.access_log {
             Some(target) => Some(access_log::AccessLog::open(target).await?),
@@ -200,6 +234,8 @@ impl Proxy {
             loaded_at: Mutex::new(SystemTime::now()),
             last_reload_error: Mutex::new(None),
             last_tried: Mutex::new(Some(fnv1a(initial_text.as_bytes()))),
+            file_documents: Mutex::new(documents),
+            pushed: Mutex::new(Vec::new()),
         });
 
         let bind = |addr: SocketAddr, what: &'static str| async move {
@@ -229,6 +265,10 @@ impl Proxy {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(admin::serve(admin, shared.clone()));
         tokio::spawn(watch_file(shared.clone()));
+        if let Some(control) = settings.control.clone() {
+            let status = Arc::new(Mutex::new(control_client::ControlStatus::default()));
+            tokio::spawn(control_client::run(shared.clone(), control, settings.workload.clone(), status));
+        }
         Ok(Proxy { shared })
     }
 

@@ -251,3 +251,37 @@ fn invalid_documents_get_specific_errors_and_change_nothing() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(cp.revision(), revision, "an invalid apply changed the store");
 }
+
+#[test]
+fn watch_streams_past_and_live_changes() {
+    use std::io::{BufRead, BufReader, Write};
+    let cp = start();
+    let first = write(&cp.dir, "a.yaml", "kind: Service\nname: alpha\n");
+    cp.admin(&["apply", "-f", &first]);
+    let addr = cp.server.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "GET /v1/watch?since=0 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        cp.admin_token
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    let mut read_until = |needle: &str, seen: &mut String| {
+        while !seen.contains(needle) {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("watch stream ended or stalled");
+            assert!(n > 0, "watch stream closed; got so far:\n{seen}");
+            seen.push_str(&line);
+        }
+    };
+    // The change made before the watch started...
+    read_until("\"name\":\"alpha\"", &mut seen);
+    // ...and one made while it runs.
+    let second = write(&cp.dir, "b.yaml", "kind: Service\nname: beta\n");
+    cp.admin(&["apply", "-f", &second]);
+    read_until("\"name\":\"beta\"", &mut seen);
+    assert!(seen.contains("application/x-ndjson"), "{seen}");
+}

@@ -34,6 +34,7 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/v1/resources/{kind}/{namespace}/{name}/rollback", post(rollback))
         .route("/v1/tokens", post(create_token))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/watch", get(watch))
         .with_state(control)
 }
 
@@ -262,4 +263,53 @@ async fn create_token(
 async fn proxies(State(control): State<Arc<ControlPlane>>, headers: HeaderMap) -> ApiResult {
     authenticate(&control, &headers)?;
     Ok(Json(json!({"items": control.registry.proxies()})).into_response())
+}
+
+#[derive(Deserialize)]
+struct WatchParams {
+    /// Send changes committed after this revision (0: everything), then live ones.
+    #[serde(default)]
+    since: u64,
+}
+
+/// A stream of changes as JSON lines (`application/x-ndjson`), one stored generation per
+/// line: first those after `since`, then each new commit, until the client goes away.
+async fn watch(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Query(params): Query<WatchParams>,
+) -> ApiResult {
+    authenticate(&control, &headers)?;
+    let store = control.store.clone();
+    // Subscribe before catching up, so no commit falls between the two.
+    let mut feed = store.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let mut last = params.since;
+        loop {
+            let reader = store.clone();
+            let items = match tokio::task::spawn_blocking(move || reader.changes_since(last)).await {
+                Ok(Ok(items)) => items,
+                _ => return,
+            };
+            for item in items {
+                last = last.max(item.revision);
+                let mut line = serde_json::to_string(&item).unwrap_or_default();
+                line.push('\n');
+                if tx.send(Ok(line)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                received = feed.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = received {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

@@ -41,3 +41,18 @@ fn completions_are_generated() {
         assert!(out.status.success() && out.stdout.len() > 1000, "no {shell} completions");
     }
 }
+
+#[test]
+fn every_example_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let out = Command::new(cargo_bin("trellis")).arg("validate").arg("-f").arg(&path).output().unwrap();
+            assert!(out.status.success(), "{} is invalid:\n{}", path.display(), String::from_utf8_lossy(&out.stdout));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5);
+}

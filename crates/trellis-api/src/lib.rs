@@ -25,7 +25,7 @@ mod validate;
 
 pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
-pub use parse::{parse_documents, parse_file};
+pub use parse::{parse_documents, parse_documents_in, parse_file};
 pub use proxy::{
     ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings,
 };

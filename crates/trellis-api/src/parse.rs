@@ -13,6 +13,12 @@ const MAX_DOCUMENTS: usize = 10_000;
 
 /// Parses every document in `text` (named `file` in errors) and validates them.
 pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Resource>, ConfigErrors> {
+    parse_documents_in(text, file, &[])
+}
+
+/// As [`parse_documents`], validating references against `context` as well: resources that
+/// already exist (the control plane passes what its store holds).
+pub fn parse_documents_in(text: &str, file: &str, context: &[Resource]) -> Result<Vec<Resource>, ConfigErrors> {
     let mut errors = Vec::new();
     let starts = document_start_lines(text);
     let mut kinds = Vec::new();
@@ -63,7 +69,7 @@ pub fn parse_documents(text: &str, file: &str) -> Result<Vec<Resource>, ConfigEr
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    crate::validate::validate_located(&resources, file, &lines)?;
+    crate::validate::validate_located(&resources, file, &lines, context)?;
     Ok(resources)
 }
 

@@ -8,14 +8,23 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Validates a set of parsed resources as one configuration.
 pub fn validate(resources: &[Resource], file: &str) -> Result<(), ConfigErrors> {
-    validate_located(resources, file, &[])
+    validate_located(resources, file, &[], &[])
 }
 
-/// As [`validate`], with the line where each resource's document starts, for the errors.
-pub(crate) fn validate_located(resources: &[Resource], file: &str, lines: &[usize]) -> Result<(), ConfigErrors> {
+/// As [`validate`], with the line where each resource's document starts, for the errors,
+/// and `context`: resources that already exist (e.g. in the control plane's store), which
+/// references may name but which are not themselves checked.
+pub(crate) fn validate_located(
+    resources: &[Resource],
+    file: &str,
+    lines: &[usize],
+    context: &[Resource],
+) -> Result<(), ConfigErrors> {
     let mut v = Validator { file, errors: Vec::new(), doc: String::new(), line: 0 };
-    let services: BTreeMap<(String, String), &Service> = resources
+    // The new documents replace context documents of the same name.
+    let services: BTreeMap<(String, String), &Service> = context
         .iter()
+        .chain(resources.iter())
         .filter_map(|r| match r {
             Resource::Service(s) => Some(((s.namespace.clone(), s.name.0.clone()), s)),
             _ => None,
@@ -41,7 +50,7 @@ pub(crate) fn validate_located(resources: &[Resource], file: &str, lines: &[usiz
                 let listeners = if proxy.control.is_some() { &[][..] } else { &proxy.explicit[..] };
                 for (i, listener) in listeners.iter().enumerate() {
                     let known = resolve(&listener.service, "default", &services).is_some()
-                        || resources.iter().any(|r| matches!(r, Resource::Endpoints(e) if names(&listener.service, &e.namespace, &e.service)));
+                        || resources.iter().chain(context.iter()).any(|r| matches!(r, Resource::Endpoints(e) if names(&listener.service, &e.namespace, &e.service)));
                     if !known {
                         v.error(&format!("explicit[{i}].service"), format!("unknown service `{}`", listener.service));
                     }

@@ -285,3 +285,30 @@ fn watch_streams_past_and_live_changes() {
     read_until("\"name\":\"beta\"", &mut seen);
     assert!(seen.contains("application/x-ndjson"), "{seen}");
 }
+
+#[test]
+fn references_are_checked_against_what_is_stored() {
+    let cp = start();
+    let ratings = write(
+        &cp.dir,
+        "ratings.yaml",
+        "kind: Service\nname: ratings\nnamespace: shop\nsubsets: {v1: {version: v1}, v2: {version: v2}}\n",
+    );
+    cp.admin(&["apply", "-f", &ratings]);
+    // A later, separate apply may use the stored service's subsets...
+    let good = write(
+        &cp.dir,
+        "good.yaml",
+        "kind: Service\nname: reviews\nnamespace: shop\nroutes:\n  - to: [{service: ratings, subset: v2}]\n",
+    );
+    let out = cp.admin(&["apply", "-f", &good]);
+    assert!(out.contains("created"), "{out}");
+    // ...but not subsets it does not define.
+    let bad = write(
+        &cp.dir,
+        "bad.yaml",
+        "kind: Service\nname: details\nnamespace: shop\nroutes:\n  - to: [{service: ratings, subset: v9}]\n",
+    );
+    let (ok, _, stderr) = cp.cli(&cp.admin_token, &["apply", "-f", &bad]);
+    assert!(!ok && stderr.contains("unknown subset `v9` of service `ratings`; defined subsets: v1, v2"), "{stderr}");
+}

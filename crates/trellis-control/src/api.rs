@@ -126,7 +126,16 @@ async fn apply(
 ) -> ApiResult {
     let caller = authenticate(&control, &headers)?;
     let file = params.file.unwrap_or_else(|| "request".into());
-    let docs = trellis_api::parse_documents(&body, &file).map_err(|errors| ApiError {
+    // References may name what the store already holds (a subset of a service applied
+    // earlier), so validate against it.
+    let store = control.store.clone();
+    let context = blocking(move || store.list(None, None)).await?;
+    let context: Vec<trellis_api::Resource> = context
+        .iter()
+        .filter_map(|item| trellis_api::parse_documents(&item.document.to_string(), &item.key.to_string()).ok())
+        .flatten()
+        .collect();
+    let docs = trellis_api::parse_documents_in(&body, &file, &context).map_err(|errors| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         message: format!("{} error(s) in {file}", errors.0.len()),
         details: errors

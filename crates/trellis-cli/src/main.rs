@@ -81,8 +81,11 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: Output,
     },
-    /// List resources of a kind, or show one (`KIND/NAME`).
-    #[command(after_help = "Example:\n  trellis get services -n shop\n  trellis get service/reviews -n shop -o yaml")]
+    /// List resources of a kind, or show one (`KIND/NAME`); also `proxies` and
+    /// `endpoints/SERVICE`.
+    #[command(
+        after_help = "Example:\n  trellis get services -n shop\n  trellis get service/reviews -n shop -o yaml\n  trellis get endpoints/reviews -n shop\n  trellis get proxies"
+    )]
     Get {
         what: String,
         #[arg(long, short = 'n')]

@@ -68,6 +68,9 @@ pub async fn get(conn: &Connection, what: &str, namespace: Option<&str>, output:
     if matches!(what, "proxies" | "proxy" | "px") {
         return proxies(conn, namespace, output).await;
     }
+    if let Some(service) = what.strip_prefix("endpoints/").or_else(|| what.strip_prefix("ep/")) {
+        return endpoints(conn, service, namespace.unwrap_or("default"), output).await;
+    }
     if what.contains('/') {
         let (kind, ns, name) = parse_target(what, namespace.unwrap_or("default"))?;
         let (status, body) = conn.call(http::Method::GET, &format!("/v1/resources/{kind}/{ns}/{name}"), None).await?;
@@ -128,6 +131,29 @@ async fn proxies(conn: &Connection, namespace: Option<&str>, output: Output) -> 
                 if p["in_sync"].as_bool().unwrap_or(false) { "yes" } else { "no" },
                 p["last_seen_seconds_ago"],
                 p["nack"].as_str().unwrap_or("")
+            );
+        }
+    })
+}
+
+/// A service's endpoints, static and registered.
+async fn endpoints(conn: &Connection, service: &str, namespace: &str, output: Output) -> anyhow::Result<()> {
+    let (status, body) = conn.call(http::Method::GET, &format!("/v1/endpoints/{namespace}/{service}"), None).await?;
+    let body = expect_ok(status, body)?;
+    print(output, &body, |body| {
+        println!("{:<22} {:<11} {:<6} {:<28} {}", "ADDRESS", "SOURCE", "READY", "PROXY", "LABELS");
+        for e in body["items"].as_array().into_iter().flatten() {
+            let labels: Vec<String> = e["labels"]
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+                .unwrap_or_default();
+            println!(
+                "{:<22} {:<11} {:<6} {:<28} {}",
+                e["address"].as_str().unwrap_or("-"),
+                e["source"].as_str().unwrap_or("-"),
+                if e["ready"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+                e["proxy"].as_str().unwrap_or("-"),
+                labels.join(",")
             );
         }
     })

@@ -146,6 +146,9 @@ fn pushed_configuration_steers_traffic_and_survives_the_control_plane() {
     wait_until("the 90/10 split to reach the client proxy", Duration::from_secs(10), || {
         admin_version(admin) != before && proxies_in_sync(api, &token, 3)
     });
+    let endpoints = cli(api, &token, &["get", "endpoints/reviews", "-n", "shop"]);
+    assert_eq!(endpoints.lines().filter(|l| l.contains("registered") && l.contains(" yes ")).count(), 2, "{endpoints}");
+    assert!(endpoints.contains("version=v1") && endpoints.contains("version=v2"), "{endpoints}");
     let share = v2_share(&rt, port, 1000);
     println!("90/10 applied: v2 got {share:.1}%");
     assert!((6.0..=14.0).contains(&share), "v2 got {share:.1}%, expected about 10%");

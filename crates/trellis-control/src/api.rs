@@ -35,6 +35,7 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/v1/tokens", post(create_token))
         .route("/v1/proxies", get(proxies))
         .route("/v1/watch", get(watch))
+        .route("/v1/endpoints/{namespace}/{service}", get(endpoints))
         .with_state(control)
 }
 
@@ -321,4 +322,55 @@ async fn watch(
     });
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// A service's endpoints: static ones from its `Endpoints` document and registered
+/// workloads (with their proxy and readiness; only ready ones receive traffic).
+async fn endpoints(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path((namespace, service)): Path<(String, String)>,
+) -> ApiResult {
+    authenticate(&control, &headers)?;
+    let key = ResourceKey { kind: "Endpoints".into(), namespace: namespace.clone(), name: service.clone() };
+    let store = control.store.clone();
+    let stored = blocking(move || store.get(&key)).await?;
+    let mut items: Vec<Value> = stored
+        .and_then(|s| s.document.get("endpoints").and_then(|e| e.as_array()).cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut e| {
+            e["source"] = json!("static");
+            e["ready"] = json!(true);
+            e
+        })
+        .collect();
+    for proxy in control.registry.proxies() {
+        if proxy.workload.service == service && proxy.workload.namespace == namespace {
+            items.push(json!({
+                "address": proxy.workload.address,
+                "labels": proxy.workload.labels,
+                "zone": proxy.workload.zone,
+                "region": proxy.workload.region,
+                "source": "registered",
+                "proxy": proxy.proxy_id,
+                "ready": proxy.ready && proxy.connected,
+                "connected": proxy.connected,
+            }));
+        }
+    }
+    if items.is_empty() && !control.registry.services().contains(&(service.clone(), namespace.clone())) {
+        let known = control.store.get(&ResourceKey {
+            kind: "Service".into(),
+            namespace: namespace.clone(),
+            name: service.clone(),
+        })?;
+        if known.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no service {service}.{namespace}: no Service, Endpoints or registered workload"),
+            ));
+        }
+    }
+    Ok(Json(json!({"service": format!("{service}.{namespace}"), "items": items})).into_response())
 }

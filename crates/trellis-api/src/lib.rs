@@ -19,6 +19,7 @@ mod duration;
 mod errors;
 mod gateway_api;
 mod parse;
+mod policy;
 mod proxy;
 mod service;
 mod validate;
@@ -26,6 +27,7 @@ mod validate;
 pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use parse::{parse_documents, parse_documents_in, parse_file};
+pub use policy::{Action as PolicyAction, MtlsMode, Operation, Policy, PolicyRule, Source, SpiffeId};
 pub use proxy::{
     ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings,
 };
@@ -42,6 +44,7 @@ pub enum Resource {
     Endpoints(Endpoints),
     #[serde(rename = "Proxy")]
     Proxy(ProxySettings),
+    Policy(Policy),
 }
 
 impl Resource {
@@ -51,12 +54,13 @@ impl Resource {
             Resource::Service(s) => format!("Service/{}/{}", s.namespace, s.name),
             Resource::Endpoints(e) => format!("Endpoints/{}/{}", e.namespace, e.service),
             Resource::Proxy(p) => format!("Proxy/{}", p.name.as_deref().unwrap_or("-")),
+            Resource::Policy(p) => format!("Policy/{}/{}", p.namespace, p.name),
         }
     }
 }
 
 /// Kinds accepted in a `kind:` field, listed in errors.
-pub const KINDS: &[&str] = &["Service", "Endpoints", "Proxy"];
+pub const KINDS: &[&str] = &["Service", "Endpoints", "Policy", "Proxy"];
 
 #[cfg(test)]
 mod tests;

@@ -54,6 +54,7 @@ pub fn parse_documents_in(text: &str, file: &str, context: &[Resource]) -> Resul
             Ok(Some(Kind::Service)) => typed::<Service>(document, file).map(Resource::Service),
             Ok(Some(Kind::Endpoints)) => typed::<Endpoints>(document, file).map(Resource::Endpoints),
             Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(Resource::Proxy),
+            Ok(Some(Kind::Policy)) => typed::<crate::Policy>(document, file).map(Resource::Policy),
             Err(e) => Err(e),
         }
         .map_err(|e| locate_top_level_key(e, text));
@@ -85,6 +86,7 @@ enum Kind {
     Service,
     Endpoints,
     Proxy,
+    Policy,
     Route(RouteKind),
 }
 
@@ -101,6 +103,7 @@ fn kind_of(value: &serde_yaml_ng::Value, file: &str, line: usize) -> Result<Opti
             "Service" => Ok(Some(Kind::Service)),
             "Endpoints" => Ok(Some(Kind::Endpoints)),
             "Proxy" => Ok(Some(Kind::Proxy)),
+            "Policy" => Ok(Some(Kind::Policy)),
             "HTTPRoute" => Ok(Some(Kind::Route(RouteKind::Http))),
             "GRPCRoute" => Ok(Some(Kind::Route(RouteKind::Grpc))),
             other => Err(error_at(file, line, 1, "kind", format!("unknown kind `{other}`; expected one of {valid}"))),

@@ -67,12 +67,12 @@ fn unknown_kind_and_missing_kind() {
     assert_eq!(
         errors("kind: Sevice\nname: a\n"),
         vec![
-            "t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Proxy, HTTPRoute, GRPCRoute"
+            "t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Policy, Proxy, HTTPRoute, GRPCRoute"
         ]
     );
     assert_eq!(
         errors("---\nname: a\n"),
-        vec!["t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Proxy, HTTPRoute, GRPCRoute"]
+        vec!["t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Policy, Proxy, HTTPRoute, GRPCRoute"]
     );
 }
 
@@ -158,4 +158,29 @@ fn documents_survive_a_json_round_trip() {
         let again = parse_documents(&json, "t.json").unwrap_or_else(|e| panic!("{e}\n{json}"));
         assert_eq!(again, vec![doc], "{json}");
     }
+}
+
+#[test]
+fn policies_parse_and_report_mistakes() {
+    let good = "kind: Policy\nname: reviews-access\nnamespace: shop\nservice: reviews\nmtls: strict\ndefaultDeny: true\nrules:\n  - name: frontend-reads\n    action: allow\n    from: {identities: ['spiffe://mesh.local/ns/shop/sa/frontend']}\n    to: {methods: [GET], paths: [{prefix: /api}], ports: [9080]}\n  - name: no-admin\n    action: deny\n    to: {paths: [{prefix: /admin}]}\n";
+    let docs = parse_documents(good, "p.yaml").unwrap();
+    let Resource::Policy(p) = &docs[0] else { panic!() };
+    assert_eq!(p.rules.len(), 2);
+    assert_eq!(p.mtls, Some(MtlsMode::Strict));
+    let json = serde_json::to_string(&docs[0]).unwrap();
+    assert_eq!(parse_documents(&json, "p.json").unwrap(), docs);
+
+    let errs = errors(&good.replace("spiffe://mesh.local", "https://mesh.local"));
+    assert!(
+        errs[0].contains("rules[0].from.identities[0]: `https://mesh.local/ns/shop/sa/frontend` is not a SPIFFE ID"),
+        "{errs:?}"
+    );
+    let errs = errors(&good.replace("methods: [GET]", "methods: [get]"));
+    assert!(errs[0].contains("rules[0].to.methods[0]: `get` is not an HTTP method"), "{errs:?}");
+    let errs = errors(&good.replace("name: no-admin", "name: frontend-reads"));
+    assert!(errs[0].contains("rules[1].name: duplicate rule name `frontend-reads`"), "{errs:?}");
+    let errs = errors(&good.replace("action: deny", "action: maybe"));
+    assert!(errs[0].contains("rules[1].action: unknown variant `maybe`, expected `allow` or `deny`"), "{errs:?}");
+    let errs = errors("kind: Policy\nname: empty\n");
+    assert!(errs[0].contains("sets nothing: give `rules`, `mtls` or `defaultDeny`"), "{errs:?}");
 }

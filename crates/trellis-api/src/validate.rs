@@ -41,6 +41,7 @@ pub(crate) fn validate_located(
         match resource {
             Resource::Service(service) => v.service(service, &services),
             Resource::Endpoints(_) => {}
+            Resource::Policy(policy) => v.policy(policy),
             Resource::Proxy(proxy) => {
                 proxies += 1;
                 if proxies > 1 {
@@ -264,6 +265,53 @@ impl Validator<'_> {
                 &format!("{at}.subset"),
                 format!("unknown subset `{subset}` of service `{}`; {valid}", target.name),
             );
+        }
+    }
+
+    fn policy(&mut self, policy: &crate::Policy) {
+        let mut names = BTreeSet::new();
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
+            if rule.name.is_empty() {
+                self.error(&format!("{at}.name"), "must not be empty: denied callers are told the rule's name".into());
+            }
+            if !names.insert(rule.name.clone()) {
+                self.error(&format!("{at}.name"), format!("duplicate rule name `{}`", rule.name));
+            }
+            if let Some(to) = &rule.to {
+                for (j, port) in to.ports.iter().enumerate() {
+                    if *port == 0 {
+                        self.error(&format!("{at}.to.ports[{j}]"), "0 is not a valid port; use 1..=65535".into());
+                    }
+                }
+                for (j, method) in to.methods.iter().enumerate() {
+                    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                        self.error(
+                            &format!("{at}.to.methods[{j}]"),
+                            format!("`{method}` is not an HTTP method; write it in capitals, e.g. GET"),
+                        );
+                    }
+                }
+                for (j, path) in to.paths.iter().enumerate() {
+                    if let StringMatch::Exact(p) | StringMatch::Prefix(p) = path
+                        && !p.starts_with('/')
+                    {
+                        self.error(&format!("{at}.to.paths[{j}]"), format!("`{p}` must start with `/`"));
+                    }
+                }
+                for name in to.headers.keys() {
+                    self.header_name(&format!("{at}.to.headers"), name);
+                }
+            }
+            if rule.from.as_ref().is_some_and(|f| f.identities.is_empty() && f.namespaces.is_empty()) {
+                self.error(
+                    &format!("{at}.from"),
+                    "names no identity or namespace; omit `from` to match every caller".into(),
+                );
+            }
+        }
+        if policy.rules.is_empty() && policy.mtls.is_none() && !policy.default_deny {
+            self.error("", "sets nothing: give `rules`, `mtls` or `defaultDeny`".into());
         }
     }
 

@@ -29,7 +29,8 @@ pub fn canonical_kind(kind: &str) -> anyhow::Result<String> {
         "service" | "services" | "svc" => Ok("Service".into()),
         "endpoints" | "endpoint" | "ep" => Ok("Endpoints".into()),
         "proxy" | "proxies" => Ok("Proxy".into()),
-        other => anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, proxy"),
+        "policy" | "policies" | "pol" => Ok("Policy".into()),
+        other => anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, policy, proxy"),
     }
 }
 

@@ -7,7 +7,8 @@
 //! for inbound settings, and the services those routes lead to (other destinations,
 //! mirrors). Each service travels as its `Service` document and one `Endpoints` document
 //! that merges the static endpoints in the store with the ready registered workloads, each
-//! piece versioned by its content hash.
+//! piece versioned by its content hash. Policies go to the proxies of the workloads they
+//! cover.
 
 use crate::registry::Registry;
 use crate::store::Stored;
@@ -28,6 +29,8 @@ type ServiceKey = (String, String);
 pub struct Snapshot {
     services: BTreeMap<ServiceKey, (String, Piece, Service)>,
     endpoints: BTreeMap<ServiceKey, (String, Piece)>,
+    /// (name, piece, namespace, service it is limited to)
+    policies: Vec<(String, Piece, String, Option<String>)>,
 }
 
 impl Snapshot {
@@ -55,6 +58,10 @@ impl Snapshot {
                 }
                 Resource::Endpoints(e) => {
                     static_endpoints.insert((e.namespace.clone(), e.service.0.clone()), e);
+                }
+                Resource::Policy(p) => {
+                    let piece = piece_of(&Resource::Policy(p.clone()));
+                    snapshot.policies.push((name, piece, p.namespace.clone(), p.service.as_ref().map(|s| s.0.clone())));
                 }
                 Resource::Proxy(_) => {}
             }
@@ -120,6 +127,13 @@ impl Snapshot {
             }
         }
         let mut out = BTreeMap::new();
+        // Policies are enforced where traffic arrives: those of its own namespace that
+        // cover the whole namespace or its own service.
+        for (name, piece, ns, service) in &self.policies {
+            if ns == namespace && (service.is_none() || service.as_deref() == own_service) {
+                out.insert(name.clone(), piece.clone());
+            }
+        }
         for key in wanted {
             if let Some((name, piece, _)) = self.services.get(&key) {
                 out.insert(name.clone(), piece.clone());

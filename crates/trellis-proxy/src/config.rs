@@ -111,6 +111,8 @@ impl RunningConfig {
         for doc in &documents {
             match doc {
                 Resource::Proxy(p) => settings = p.clone(),
+                // Enforced once workload identities exist; carried along until then.
+                Resource::Policy(_) => {}
                 Resource::Service(s) => {
                     specs.insert(service_id(&s.name, &s.namespace), s.clone());
                 }

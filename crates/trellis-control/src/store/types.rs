@@ -29,6 +29,7 @@ impl ResourceKey {
             Resource::Service(s) => ResourceKey::new("Service", s.namespace.as_str(), s.name.0.as_str()),
             Resource::Endpoints(e) => ResourceKey::new("Endpoints", e.namespace.as_str(), e.service.0.as_str()),
             Resource::Proxy(p) => ResourceKey::new("Proxy", "-", p.name.as_deref().unwrap_or("-")),
+            Resource::Policy(p) => ResourceKey::new("Policy", p.namespace.as_str(), p.name.0.as_str()),
         }
     }
 }

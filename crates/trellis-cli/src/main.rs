@@ -301,7 +301,7 @@ async fn run_control(
         .await
         .with_context(|| format!("cannot listen on {push_listen} for proxy streams"))?;
     println!("proxy streams on http://{}", push_socket.local_addr()?);
-    let push = trellis_control::push::PushService::new(registry.clone(), snapshots);
+    let push = trellis_control::push::PushService::new(registry.clone(), snapshots.clone());
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(push_socket);
         if let Err(e) = tonic::transport::Server::builder().add_service(push).serve_with_incoming(incoming).await {
@@ -309,7 +309,7 @@ async fn run_control(
         }
     });
     println!("control plane listening on http://{}", listener.local_addr()?);
-    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens, registry });
+    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens, registry, snapshots });
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     axum::serve(listener, trellis_control::api::router(control))

@@ -21,6 +21,9 @@ pub struct ControlPlane {
     pub store: Store,
     pub tokens: Tokens,
     pub registry: Arc<crate::registry::Registry>,
+    /// The compiled view of the store, kept current by the snapshot builder; validation
+    /// reads the stored services from it instead of parsing the store on every apply.
+    pub snapshots: tokio::sync::watch::Receiver<Arc<crate::snapshot::Snapshot>>,
 }
 
 /// The API's routes.
@@ -129,13 +132,13 @@ async fn apply(
     let file = params.file.unwrap_or_else(|| "request".into());
     // References may name what the store already holds (a subset of a service applied
     // earlier), so validate against it.
-    let store = control.store.clone();
-    let context = blocking(move || store.list(None, None)).await?;
-    let context: Vec<trellis_api::Resource> = context
-        .iter()
-        .filter_map(|item| trellis_api::parse_documents(&item.document.to_string(), &item.key.to_string()).ok())
-        .flatten()
-        .collect();
+    let mut snapshots = control.snapshots.clone();
+    let committed = control.store.revision();
+    // The snapshot is rebuilt just after each commit; wait for it to include the latest.
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), snapshots.wait_for(|s| s.revision >= committed)).await;
+    let context: Vec<trellis_api::Resource> =
+        snapshots.borrow().services().cloned().map(trellis_api::Resource::Service).collect();
     let docs = trellis_api::parse_documents_in(&body, &file, &context).map_err(|errors| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         message: format!("{} error(s) in {file}", errors.0.len()),

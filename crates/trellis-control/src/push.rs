@@ -23,11 +23,15 @@ use trellis_protocol::v1::{ConfigUpdate, Hello, ProxyMessage, Resource, proxy_me
 /// expires proxies gone past their grace period.
 pub fn spawn_snapshot_builder(store: Store, registry: Arc<Registry>) -> watch::Receiver<Arc<Snapshot>> {
     let build = |store: &Store, registry: &Registry| {
+        // Read the revision first: the snapshot is at least this new.
+        let revision = store.revision();
         let items = store.list(None, None).unwrap_or_else(|e| {
             tracing::error!("cannot read the store to build proxy configuration: {e}");
             Vec::new()
         });
-        Arc::new(Snapshot::build(&items, registry))
+        let mut snapshot = Snapshot::build(&items, registry);
+        snapshot.revision = revision;
+        Arc::new(snapshot)
     };
     let (tx, rx) = watch::channel(build(&store, &registry));
     let mut commits = store.subscribe();

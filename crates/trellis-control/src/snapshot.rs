@@ -31,6 +31,8 @@ pub struct Snapshot {
     endpoints: BTreeMap<ServiceKey, (String, Piece)>,
     /// (name, piece, namespace, service it is limited to)
     policies: Vec<(String, Piece, String, Option<String>)>,
+    /// The store revision this snapshot was built from.
+    pub revision: u64,
 }
 
 impl Snapshot {
@@ -96,6 +98,11 @@ impl Snapshot {
             snapshot.endpoints.insert((namespace, service), (name, piece_of(&doc)));
         }
         snapshot
+    }
+
+    /// Every stored service, parsed: what new documents may refer to.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().map(|(_, _, s)| s)
     }
 
     /// The resources one workload's proxy needs, by name.

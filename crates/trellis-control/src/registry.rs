@@ -70,6 +70,8 @@ pub struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
     /// Where the registry is saved; `None` keeps it in memory only.
     path: Option<std::path::PathBuf>,
+    /// Held across write and rename, so concurrent saves cannot interleave.
+    saving: Mutex<()>,
     grace: Duration,
     /// Bumped whenever the endpoint set may have changed.
     changed: watch::Sender<u64>,
@@ -82,6 +84,7 @@ impl Registry {
         Registry {
             entries: Mutex::new(HashMap::new()),
             path: None,
+            saving: Mutex::new(()),
             grace,
             changed: watch::channel(0).0,
             streams: std::sync::atomic::AtomicU64::new(0),
@@ -126,6 +129,7 @@ impl Registry {
 
     fn save(&self) {
         let Some(path) = &self.path else { return };
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let saved: Vec<Saved> = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             entries

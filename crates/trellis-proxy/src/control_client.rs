@@ -28,6 +28,9 @@ const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Bounds both the TCP/HTTP/2 connect and waiting for the stream's response headers.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest configuration update accepted in one message.
+const MAX_UPDATE_BYTES: usize = 256 << 20;
+
 /// A session this long-lived was healthy: the next failure starts the backoff over.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Most failing resources named in one NACK; the rest are counted.
@@ -297,7 +300,9 @@ async fn session(
     // headers does not deadlock us.
     let _ = tx.send(ProxyMessage { kind: Some(Kind::Hello(hello)) }).await;
     let outbound = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut client = ConfigDiscoveryClient::new(channel);
+    // A first full push carries a proxy's whole share; tonic's 4 MiB default would cut off a
+    // large namespace.
+    let mut client = ConfigDiscoveryClient::new(channel).max_decoding_message_size(MAX_UPDATE_BYTES);
     let mut inbound = match tokio::time::timeout(CONNECT_TIMEOUT, client.stream(outbound)).await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(s)) => return format!("stream refused: {}", status_text(&s)),

@@ -94,11 +94,14 @@ fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> D
     started.elapsed()
 }
 
-fn admin_version(admin: u16) -> Option<String> {
+fn admin_json(admin: u16) -> Option<serde_json::Value> {
     let out =
         Command::new("curl").args(["-s", "-m", "2", &format!("http://127.0.0.1:{admin}/config")]).output().ok()?;
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    json["version"].as_str().map(str::to_string)
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn admin_version(admin: u16) -> Option<String> {
+    admin_json(admin)?["version"].as_str().map(str::to_string)
 }
 
 #[test]
@@ -146,6 +149,8 @@ fn pushed_configuration_steers_traffic_and_survives_the_control_plane() {
     wait_until("the 90/10 split to reach the client proxy", Duration::from_secs(10), || {
         admin_version(admin) != before && proxies_in_sync(api, &token, 3)
     });
+    let config = admin_json(admin).expect("admin /config");
+    assert_eq!(config["control"]["connected"], true, "{}", config["control"]);
     let endpoints = cli(api, &token, &["get", "endpoints/reviews", "-n", "shop"]);
     assert_eq!(endpoints.lines().filter(|l| l.contains("registered") && l.contains(" yes ")).count(), 2, "{endpoints}");
     assert!(endpoints.contains("version=v1") && endpoints.contains("version=v2"), "{endpoints}");
@@ -189,6 +194,8 @@ fn pushed_configuration_steers_traffic_and_survives_the_control_plane() {
     };
     let sent = load(30);
     println!("{sent} requests in 30 s with the control plane down, all 200");
+    let config = admin_json(admin).expect("admin /config");
+    assert_eq!(config["control"]["connected"], false, "{}", config["control"]);
 
     // Restart the client proxy while the control plane is still down: it serves from disk.
     drop(client);

@@ -48,6 +48,7 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 "source": shared.source_description(),
                 "loadedAt": shared.loaded_at(),
                 "lastReloadError": shared.last_reload_error(),
+                "control": shared.control_status.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                 "resources": config.documents,
                 "routes": config.services.values().map(|s| serde_json::json!({
                     "service": s.id,

@@ -172,7 +172,8 @@ pub fn apply_update(current: &Pushed, update: &ConfigUpdate) -> Result<(Pushed, 
 }
 
 /// How the stream to the control plane is doing, for the admin listener.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ControlStatus {
     pub connected: bool,
     /// The control plane's version of the pushed configuration in force.

@@ -48,6 +48,8 @@ pub struct Shared {
     pub inbound_forward: Option<SocketAddr>,
     /// Fixed at start, like the listeners.
     pub access_log: Option<access_log::AccessLog>,
+    /// How the stream to the control plane is doing (`None` in static mode).
+    pub control_status: Option<Arc<Mutex<control_client::ControlStatus>>>,
     drain: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
@@ -227,6 +229,10 @@ impl Proxy {
             inbound_chain: http::direct_chain(upstreams),
             inbound_forward: settings.inbound.as_ref().and_then(|i| i.forward),
             access_log,
+            control_status: settings
+                .control
+                .as_ref()
+                .map(|_| Arc::new(Mutex::new(control_client::ControlStatus::default()))),
             drain,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -265,8 +271,7 @@ impl Proxy {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(admin::serve(admin, shared.clone()));
         tokio::spawn(watch_file(shared.clone()));
-        if let Some(control) = settings.control.clone() {
-            let status = Arc::new(Mutex::new(control_client::ControlStatus::default()));
+        if let (Some(control), Some(status)) = (settings.control.clone(), shared.control_status.clone()) {
             tokio::spawn(control_client::run(shared.clone(), control, settings.workload.clone(), status));
         }
         Ok(Proxy { shared })

@@ -59,6 +59,11 @@ impl Resource {
     }
 }
 
+/// The namespace of a document that names none.
+pub(crate) fn default_namespace() -> String {
+    "default".to_string()
+}
+
 /// Kinds accepted in a `kind:` field, listed in errors.
 pub const KINDS: &[&str] = &["Service", "Endpoints", "Policy", "Proxy"];
 

@@ -10,15 +10,11 @@ use crate::{Name, StringMatch, ValueMatch};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
-fn default_namespace() -> String {
-    "default".to_string()
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     pub name: Name,
-    #[serde(default = "default_namespace")]
+    #[serde(default = "crate::default_namespace")]
     pub namespace: String,
     /// The service it applies to; the whole namespace when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

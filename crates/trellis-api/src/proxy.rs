@@ -59,7 +59,7 @@ pub struct ControlSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadSettings {
     pub service: crate::Name,
-    #[serde(default = "default_namespace")]
+    #[serde(default = "crate::default_namespace")]
     pub namespace: String,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
@@ -73,10 +73,6 @@ pub struct WorkloadSettings {
     /// its namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<String>,
-}
-
-fn default_namespace() -> String {
-    "default".to_string()
 }
 
 impl ProxySettings {

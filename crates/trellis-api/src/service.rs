@@ -8,16 +8,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-fn default_namespace() -> String {
-    "default".to_string()
-}
-
 /// One service's whole behaviour.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     pub name: Name,
-    #[serde(default = "default_namespace")]
+    #[serde(default = "crate::default_namespace")]
     pub namespace: String,
     /// Virtual addresses that identify the service to transparently captured traffic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -612,7 +608,7 @@ impl Default for Resilience {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoints {
     pub service: Name,
-    #[serde(default = "default_namespace")]
+    #[serde(default = "crate::default_namespace")]
     pub namespace: String,
     pub endpoints: Vec<Endpoint>,
 }

@@ -71,6 +71,11 @@ pub struct ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// The first route whose match holds, else the whole-service default.
+    pub fn route_for<B>(&self, request: &http::Request<B>) -> &CompiledRoute {
+        self.routes.iter().find(|r| r.matcher.matches(request)).unwrap_or(&self.default_route)
+    }
+
     /// The protocol declared for `port`, if the service lists it.
     pub fn protocol(&self, port: u16) -> Option<trellis_api::Protocol> {
         self.spec.ports.iter().find(|p| p.port == port).map(|p| p.protocol)
@@ -208,15 +213,9 @@ fn service_hosts(spec: &Service) -> Vec<String> {
     hosts
 }
 
+/// The stable hash of the canonical JSON, the same function the control plane uses.
 fn content_hash(documents: &[Resource]) -> String {
-    // FNV-1a over the canonical JSON: stable across processes, unlike std's RandomState.
-    let json = serde_json::to_vec(documents).unwrap_or_default();
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for byte in json {
-        hash ^= byte as u64;
-        hash = hash.wrapping_mul(0x100000001b3);
-    }
-    format!("{hash:016x}")
+    trellis_protocol::content_hash(&serde_json::to_vec(documents).unwrap_or_default())
 }
 
 /// Builds each (service, subset) backend once per configuration.

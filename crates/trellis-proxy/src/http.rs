@@ -9,7 +9,6 @@
 use crate::Shared;
 use crate::body::{self, Body};
 use crate::chain::{Connection, Element, Next};
-use crate::config::RunningConfig;
 use crate::elements::{ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::metrics::LatencyLabels;
@@ -132,7 +131,7 @@ impl Handler {
             }
             Side::Explicit { service } => match config.service_named(service) {
                 Some(svc) => {
-                    let route = pick_route(&config, svc, &request);
+                    let route = svc.route_for(&request);
                     (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
                 }
                 None => (
@@ -143,14 +142,14 @@ impl Handler {
                 ),
             },
             Side::Outbound { listener } => {
-                let authority = crate::routing::authority_of(&request);
+                // Most captured requests are found by address; the authority is only read when not.
                 let svc = config
                     .service_for_address(self.connection.target)
-                    .or_else(|| config.service_for_authority(&authority))
+                    .or_else(|| config.service_for_authority(&crate::routing::authority_of(&request)))
                     .cloned();
                 match svc {
                     Some(svc) => {
-                        let route = pick_route(&config, &svc, &request);
+                        let route = svc.route_for(&request);
                         (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
                     }
                     None if self.connection.target != *listener => {
@@ -163,8 +162,9 @@ impl Handler {
                         ("passthrough".into(), String::new(), Next::new(&self.shared.inbound_chain).run(request).await)
                     }
                     None => {
+                        let authority = crate::routing::authority_of(&request);
                         let detail = format!(
-                            "no service is named by authority `{authority}` or address {}",
+                            "no service is named by authority `{authority}` or address {}; declare one with `kind: Service` (its name, `hosts` or `addresses`)",
                             self.connection.target
                         );
                         (
@@ -219,14 +219,6 @@ impl Handler {
         );
         response
     }
-}
-
-fn pick_route<'c>(
-    _config: &RunningConfig,
-    service: &'c crate::config::ServiceConfig,
-    request: &Request<Body>,
-) -> &'c crate::config::CompiledRoute {
-    service.routes.iter().find(|r| r.matcher.matches(request)).unwrap_or(&service.default_route)
 }
 
 /// The chain used for inbound and pass-through requests: straight to a fixed address.

@@ -57,15 +57,11 @@ pub struct Shared {
     loaded_at: Mutex<SystemTime>,
     last_reload_error: Mutex<Option<String>>,
     /// Digest of the file text last tried; also serializes reloads.
-    last_tried: Mutex<Option<u64>>,
+    last_tried: Mutex<Option<String>>,
     /// The configuration file's documents, as last loaded.
     file_documents: Mutex<Vec<trellis_api::Resource>>,
     /// Documents pushed by the control plane.
     pushed: Mutex<Vec<trellis_api::Resource>>,
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |hash, b| (hash ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
 impl Shared {
@@ -118,8 +114,8 @@ impl Shared {
                 return Err(e);
             }
         };
-        let digest = fnv1a(text.as_bytes());
-        if *last_tried == Some(digest) {
+        let digest = trellis_protocol::content_hash(text.as_bytes());
+        if last_tried.as_deref() == Some(digest.as_str()) {
             return match self.last_reload_error() {
                 Some(e) => Err(e),
                 None => Ok(self.config().version.clone()),
@@ -239,7 +235,7 @@ impl Proxy {
             source: path,
             loaded_at: Mutex::new(SystemTime::now()),
             last_reload_error: Mutex::new(None),
-            last_tried: Mutex::new(Some(fnv1a(initial_text.as_bytes()))),
+            last_tried: Mutex::new(Some(trellis_protocol::content_hash(initial_text.as_bytes()))),
             file_documents: Mutex::new(documents),
             pushed: Mutex::new(Vec::new()),
         });

@@ -43,11 +43,11 @@ REQUEST_PATH=${REQUEST_PATH:-/bytes/1024}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
 
-die() { echo "proxy-overhead: $*" >&2; exit 1; }
-say() { echo "proxy-overhead: $*" >&2; }
+BENCH_NAME=proxy-overhead
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 
 # ---------------------------------------------------------------- prerequisites
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is needed but not installed${2:+ ($2)}"; }
 need curl "apt-get install curl"
 need getconf
 need awk
@@ -62,24 +62,6 @@ fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- cleanup
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/trellis-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$TMP"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- build
 if [[ -n ${BIN_DIR:-} ]]; then
@@ -97,22 +79,6 @@ for b in trellis trellis-test-backend trellis-bench; do
 done
 
 # ---------------------------------------------------------------- helpers
-# A free loopback TCP port: random in 20000-32767 (below the usual ephemeral range), not in
-# /proc/net/tcp{,6} (listening or connected) and not handed out before by this script.
-GIVEN_PORTS=" "
-free_port() {
-    local p hex
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 12768))
-        printf -v hex '%04X' "$p"
-        [[ $GIVEN_PORTS == *" $p "* ]] && continue
-        grep -qi ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
-        GIVEN_PORTS+="$p "
-        echo "$p"
-        return
-    done
-    die "found no free port"
-}
 
 # start NAME CMD...: runs CMD in the background, output to $TMP/NAME.log; sets STARTED_PID.
 start() {

@@ -88,7 +88,7 @@ PUSH_PORT=$(free_port)
 API=http://127.0.0.1:$API_PORT
 PUSH=http://127.0.0.1:$PUSH_PORT
 say "starting the control plane (API $API, streams $PUSH, data $DATA)"
-"$BIN/trellis" control --data-dir "$DATA" --listen "127.0.0.1:$API_PORT" --push-listen "127.0.0.1:$PUSH_PORT" \
+"$BIN/trellis" control --data-dir "$DATA" --listen "127.0.0.1:$API_PORT" --push-listen "127.0.0.1:$PUSH_PORT" --allow-unauthenticated-proxies \
     --registry-grace 30s >"$TMP/control.log" 2>&1 &
 CONTROL_PID=$!
 PIDS+=("$CONTROL_PID")

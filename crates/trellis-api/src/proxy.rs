@@ -53,6 +53,14 @@ pub struct ControlSettings {
     /// Unique per proxy; defaults to `SERVICE-HOSTNAME-PID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_id: Option<String>,
+    /// A join token (`trellis token create NAME --role join ...`) for the proxy's first
+    /// certificate. Later certificates are obtained with the current one, kept in
+    /// `stateDir/identity/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// A file holding the join token (preferred over `joinToken`: keeps it out of the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,6 +81,15 @@ pub struct WorkloadSettings {
     /// its namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<String>,
+    /// The service account in the workload's SPIFFE ID; defaults to the service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+impl WorkloadSettings {
+    pub fn service_account(&self) -> &str {
+        self.service_account.as_deref().unwrap_or(self.service.0.as_str())
+    }
 }
 
 impl ProxySettings {

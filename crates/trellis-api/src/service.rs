@@ -625,6 +625,10 @@ pub struct Endpoint {
     /// multiplexed over HTTP/2.
     #[serde(default)]
     pub meshed: bool,
+    /// The SPIFFE ID the endpoint's proxy proves; traffic to it uses mutual TLS and is
+    /// refused if the peer's certificate names anyone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::policy::SpiffeId>,
 }
 
 impl Endpoint {

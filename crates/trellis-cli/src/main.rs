@@ -2,6 +2,7 @@
 //! set up transparent capture, check configuration files, and manage resources through the
 //! control plane's API.
 
+mod ca;
 mod client;
 mod resources;
 
@@ -52,22 +53,13 @@ enum Command {
         #[arg(long, short = 'f', required = true)]
         file: Vec<PathBuf>,
     },
-    /// Run the control plane: resource store, API, (later) registry and config push.
-    #[command(after_help = "Example:\n  trellis control --data-dir /var/lib/trellis --listen 127.0.0.1:7070\n\n\
-        At first start it creates an admin token and prints where it wrote it.")]
-    Control {
-        /// Where the store (one file) and the token list live.
-        #[arg(long, default_value = "./trellis-data")]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: std::net::SocketAddr,
-        /// Where proxies open their configuration streams (gRPC).
-        #[arg(long, default_value = "127.0.0.1:7071")]
-        push_listen: std::net::SocketAddr,
-        /// How long a proxy whose stream ended stays registered (its endpoints stay in use).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        registry_grace: std::time::Duration,
-    },
+    /// Run the control plane: resource store, API, workload registry, certificate authority
+    /// and config push.
+    #[command(after_help = "Example:\n  trellis control --data-dir /var/lib/trellis --listen 127.0.0.1:7070\n  \
+        trellis control --trust-domain prod.example.com --ca-cert ca.pem --ca-key ca.key\n\n\
+        At first start it creates an admin token and prints where it wrote it, and (without\n\
+        --ca-cert) a root CA kept in the data directory.")]
+    Control(ControlArgs),
     /// Create or update resources from files (several documents per file).
     #[command(
         after_help = "Example:\n  trellis apply -f examples/canary.yaml\n  trellis apply -f reviews.yaml --dry-run"
@@ -121,11 +113,76 @@ enum Command {
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  trellis completions bash > /etc/bash_completion.d/trellis")]
     Completions { shell: clap_complete::Shell },
-    /// Manage API tokens.
-    #[command(after_help = "Example:\n  trellis token create alice --role service-owner --namespace shop")]
+    /// Manage API tokens and proxies' join tokens.
+    #[command(after_help = "Example:\n  trellis token create alice --role service-owner --namespace shop\n  \
+        trellis token create web-1 --role join --namespace shop --service-account web --ttl 1h --single-use")]
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Inspect the mesh's certificate authority and rotate its root.
+    #[command(after_help = "Example:\n  trellis ca status\n  trellis ca rotate\n  \
+        trellis ca add-root && trellis ca activate FINGERPRINT && trellis ca retire OLD-FINGERPRINT")]
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// Where the store (one file), tokens, registry and CA live.
+    #[arg(long, default_value = "./trellis-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: std::net::SocketAddr,
+    /// Where proxies open their configuration streams and get certificates (gRPC).
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    push_listen: std::net::SocketAddr,
+    /// How long a proxy whose stream ended stays registered (its endpoints stay in use).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    registry_grace: std::time::Duration,
+    /// The SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "trellis.local")]
+    trust_domain: String,
+    /// Lifetime of the certificates issued to proxies (at least 1m).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    svid_lifetime: std::time::Duration,
+    /// Sign with this CA certificate (PEM; a root, or an intermediate with --ca-bundle)
+    /// instead of a root kept in the data directory.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Certificates between --ca-cert and the root (PEM).
+    #[arg(long, requires = "ca_cert")]
+    ca_chain: Option<PathBuf>,
+    /// The roots proxies trust (PEM); --ca-cert itself when unset.
+    #[arg(long, requires = "ca_cert")]
+    ca_bundle: Option<PathBuf>,
+    /// Accept proxies that prove no identity (they get no certificate and no mTLS).
+    #[arg(long)]
+    allow_unauthenticated_proxies: bool,
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// The trust domain, the roots in the bundle and which one signs.
+    Status {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Rotation step 1: add a new root to the bundle (trusted, not yet signing).
+    AddRoot,
+    /// Rotation step 2: the root signs from now on; proxies renew at once.
+    Activate { fingerprint: String },
+    /// Rotation step 3: remove a root that no longer signs from the bundle.
+    Retire { fingerprint: String },
+    /// All three steps, waiting after each until every connected proxy has caught up.
+    Rotate {
+        /// Give up waiting for proxies after this long.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -135,12 +192,21 @@ enum TokenAction {
     #[command(after_help = "Example:\n  trellis token create alice --role service-owner --namespace shop")]
     Create {
         name: String,
-        /// admin, service-owner or viewer.
+        /// admin, service-owner, viewer, or join (a proxy's first certificate).
         #[arg(long)]
         role: String,
-        /// For service-owner: the namespace it may change.
+        /// For service-owner: the namespace it may change. For join: the workload's namespace.
         #[arg(long)]
         namespace: Option<String>,
+        /// For join: the service account the proxy's identity names.
+        #[arg(long)]
+        service_account: Option<String>,
+        /// Refuse the token after this long (e.g. 10m, 24h).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// Refuse the token after its first use.
+        #[arg(long)]
+        single_use: bool,
     },
 }
 
@@ -206,9 +272,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let conn = cli.connection.clone();
     match cli.command {
-        Command::Control { data_dir, listen, push_listen, registry_grace } => {
-            runtime()?.block_on(run_control(data_dir, listen, push_listen, registry_grace))
-        }
+        Command::Control(args) => runtime()?.block_on(run_control(args)),
+        Command::Ca { action } => runtime()?.block_on(ca::run(&conn, action)),
         Command::Apply { file, dry_run, output } => {
             runtime()?.block_on(resources::apply(&conn, &file, dry_run, output))
         }
@@ -222,8 +287,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback { target, namespace, to } => {
             runtime()?.block_on(resources::rollback(&conn, &target, &namespace, to))
         }
-        Command::Token { action: TokenAction::Create { name, role, namespace } } => {
-            runtime()?.block_on(resources::create_token(&conn, &name, &role, namespace.as_deref()))
+        Command::Token { action: TokenAction::Create { name, role, namespace, service_account, ttl, single_use } } => {
+            let request = resources::TokenRequest {
+                name: &name,
+                role: &role,
+                namespace: namespace.as_deref(),
+                service_account: service_account.as_deref(),
+                ttl,
+                single_use,
+            };
+            runtime()?.block_on(resources::create_token(&conn, request))
         }
         Command::Proxy { config } => runtime()?.block_on(run_proxy(config)),
         Command::Completions { shell } => {
@@ -278,17 +351,38 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     text.parse::<trellis_api::Duration>().map(|d| d.get())
 }
 
-async fn run_control(
-    data_dir: PathBuf,
-    listen: std::net::SocketAddr,
-    push_listen: std::net::SocketAddr,
-    registry_grace: std::time::Duration,
-) -> anyhow::Result<()> {
+async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use tokio::signal::unix::{SignalKind, signal};
+    let ControlArgs { data_dir, listen, push_listen, registry_grace, .. } = &args;
+    let (data_dir, listen, push_listen, registry_grace) = (data_dir.clone(), *listen, *push_listen, *registry_grace);
+    if args.svid_lifetime < std::time::Duration::from_secs(60) {
+        anyhow::bail!("--svid-lifetime must be at least 1m (proxies renew at half-life)");
+    }
+    trellis_identity::SpiffeId::new(&args.trust_domain, "ns", "sa").map_err(|_| {
+        anyhow::anyhow!(
+            "--trust-domain `{}` is not a valid trust domain: use lowercase letters, digits, `-`, `.`",
+            args.trust_domain
+        )
+    })?;
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
     let store = trellis_control::store::Store::open(&data_dir)?;
     let (tokens, admin_file) = trellis_control::auth::Tokens::open(&data_dir)?;
+    let tokens = Arc::new(tokens);
+    let provided = args.ca_cert.clone().zip(args.ca_key.clone()).map(|(cert, key)| trellis_control::ca::ProvidedCa {
+        cert,
+        key,
+        chain: args.ca_chain.clone(),
+        bundle: args.ca_bundle.clone(),
+    });
+    let ca = Arc::new(trellis_control::ca::CertificateAuthority::open(
+        &data_dir,
+        trellis_control::ca::CaSettings {
+            trust_domain: args.trust_domain.clone(),
+            svid_lifetime: args.svid_lifetime,
+            provided,
+        },
+    )?);
     if let Some(file) = admin_file {
         println!("admin token written to {}", file.display());
     }
@@ -296,20 +390,31 @@ async fn run_control(
         .await
         .with_context(|| format!("cannot listen on {listen} for the control-plane API"))?;
     let registry = Arc::new(trellis_control::registry::Registry::open(&data_dir, registry_grace));
-    let snapshots = trellis_control::push::spawn_snapshot_builder(store.clone(), registry.clone());
+    let snapshots = trellis_control::push::spawn_snapshot_builder(store.clone(), registry.clone(), ca.clone());
     let push_socket = tokio::net::TcpListener::bind(push_listen)
         .await
         .with_context(|| format!("cannot listen on {push_listen} for proxy streams"))?;
     println!("proxy streams on http://{}", push_socket.local_addr()?);
-    let push = trellis_control::push::PushService::new(registry.clone(), snapshots.clone());
+    let push = trellis_control::push::PushService::new(
+        registry.clone(),
+        snapshots.clone(),
+        ca.clone(),
+        args.allow_unauthenticated_proxies,
+    );
+    let identity = trellis_control::identity::IdentityService::new(ca.clone(), tokens.clone());
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(push_socket);
-        if let Err(e) = tonic::transport::Server::builder().add_service(push).serve_with_incoming(incoming).await {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(push)
+            .add_service(identity)
+            .serve_with_incoming(incoming)
+            .await
+        {
             tracing::error!("proxy stream server stopped: {e}");
         }
     });
     println!("control plane listening on http://{}", listener.local_addr()?);
-    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens, registry, snapshots });
+    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens, registry, snapshots, ca });
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     axum::serve(listener, trellis_control::api::router(control))

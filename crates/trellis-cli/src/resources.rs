@@ -34,7 +34,7 @@ pub fn canonical_kind(kind: &str) -> anyhow::Result<String> {
     }
 }
 
-fn print(output: Output, value: &Value, table: impl FnOnce(&Value)) -> anyhow::Result<()> {
+pub fn print(output: Output, value: &Value, table: impl FnOnce(&Value)) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
@@ -205,14 +205,31 @@ pub async fn rollback(conn: &Connection, target: &str, namespace: &str, to: u64)
     Ok(())
 }
 
-pub async fn create_token(conn: &Connection, name: &str, role: &str, namespace: Option<&str>) -> anyhow::Result<()> {
-    let request = match (role, namespace) {
-        ("admin", _) => json!({"name": name, "role": "admin"}),
-        ("viewer", _) => json!({"name": name, "role": "viewer"}),
-        ("service-owner", Some(ns)) => json!({"name": name, "role": "service-owner", "namespace": ns}),
-        ("service-owner", None) => anyhow::bail!("a service-owner token needs --namespace"),
-        (other, _) => anyhow::bail!("unknown role `{other}`; valid roles: admin, service-owner, viewer"),
+/// What `trellis token create` asks for.
+pub struct TokenRequest<'a> {
+    pub name: &'a str,
+    pub role: &'a str,
+    pub namespace: Option<&'a str>,
+    pub service_account: Option<&'a str>,
+    pub ttl: Option<std::time::Duration>,
+    pub single_use: bool,
+}
+
+pub async fn create_token(conn: &Connection, token: TokenRequest<'_>) -> anyhow::Result<()> {
+    let name = token.name;
+    let mut request = match (token.role, token.namespace, token.service_account) {
+        ("admin", _, _) => json!({"name": name, "role": "admin"}),
+        ("viewer", _, _) => json!({"name": name, "role": "viewer"}),
+        ("service-owner", Some(ns), _) => json!({"name": name, "role": "service-owner", "namespace": ns}),
+        ("service-owner", None, _) => anyhow::bail!("a service-owner token needs --namespace"),
+        ("join", Some(ns), Some(sa)) => json!({"name": name, "role": "join", "namespace": ns, "service_account": sa}),
+        ("join", _, _) => anyhow::bail!("a join token needs --namespace and --service-account"),
+        (other, _, _) => anyhow::bail!("unknown role `{other}`; valid roles: admin, service-owner, viewer, join"),
     };
+    if let Some(ttl) = token.ttl {
+        request["ttlSeconds"] = json!(ttl.as_secs());
+    }
+    request["singleUse"] = json!(token.single_use);
     let (status, body) =
         conn.call(http::Method::POST, "/v1/tokens", Some((request.to_string(), "application/json"))).await?;
     let body = expect_ok(status, body)?;

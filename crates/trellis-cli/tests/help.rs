@@ -27,6 +27,7 @@ fn every_subcommand_help_has_an_example() {
         &["completions"],
         &["token"],
         &["token", "create"],
+        &["ca"],
     ];
     for args in commands {
         let text = help(args);

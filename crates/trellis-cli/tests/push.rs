@@ -28,6 +28,8 @@ fn start_control(dir: &std::path::Path, api: u16, push: u16) -> ChildProcess {
         &format!("127.0.0.1:{push}"),
         "--registry-grace",
         "30s",
+        // This test is about configuration push; tests/mtls.rs covers proxies with identities.
+        "--allow-unauthenticated-proxies",
         "--data-dir",
     ])
     .arg(dir);

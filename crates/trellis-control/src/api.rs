@@ -19,7 +19,8 @@ use std::sync::Arc;
 /// Shared state behind every handler.
 pub struct ControlPlane {
     pub store: Store,
-    pub tokens: Tokens,
+    pub tokens: Arc<Tokens>,
+    pub ca: Arc<crate::ca::CertificateAuthority>,
     pub registry: Arc<crate::registry::Registry>,
     /// The compiled view of the store, kept current by the snapshot builder; validation
     /// reads the stored services from it instead of parsing the store on every apply.
@@ -36,6 +37,10 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/v1/resources/{kind}/{namespace}/{name}/history", get(history))
         .route("/v1/resources/{kind}/{namespace}/{name}/rollback", post(rollback))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/ca", get(ca_status))
+        .route("/v1/ca/roots", post(ca_add_root))
+        .route("/v1/ca/roots/{fingerprint}/activate", post(ca_activate))
+        .route("/v1/ca/roots/{fingerprint}", axum::routing::delete(ca_retire))
         .route("/v1/proxies", get(proxies))
         .route("/v1/watch", get(watch))
         .route("/v1/endpoints/{namespace}/{service}", get(endpoints))
@@ -103,6 +108,7 @@ fn forbid_unless(caller: &Caller, namespace: Option<&str>, what: &str) -> Result
         Role::Admin => "admin".to_string(),
         Role::ServiceOwner { namespace } => format!("service-owner of `{namespace}`"),
         Role::Viewer => "viewer".to_string(),
+        Role::Join { namespace, service_account } => format!("join token for {namespace}/{service_account}"),
     };
     Err(ApiError::new(StatusCode::FORBIDDEN, format!("token `{}` ({role}) may not {what} in {scope}", caller.name)))
 }
@@ -247,10 +253,16 @@ async fn rollback(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct TokenRequest {
     name: String,
     #[serde(flatten)]
     role: Role,
+    /// The token is refused this many seconds after creation.
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+    #[serde(default)]
+    single_use: bool,
 }
 
 async fn create_token(
@@ -267,10 +279,69 @@ async fn create_token(
     }
     let secret = control
         .tokens
-        .create(&request.name, request.role.clone())
+        .create(
+            &request.name,
+            request.role.clone(),
+            crate::auth::TokenLimits {
+                expires_at: request.ttl_seconds.map(|ttl| trellis_identity::unix_now() + ttl as i64),
+                single_use: request.single_use,
+            },
+        )
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, e.to_string()))?;
     Ok((StatusCode::CREATED, Json(json!({"name": request.name, "token": secret, "role": request.role})))
         .into_response())
+}
+
+async fn ca_status(State(control): State<Arc<ControlPlane>>, headers: HeaderMap) -> ApiResult {
+    authenticate(&control, &headers)?;
+    Ok(Json(control.ca.status()).into_response())
+}
+
+fn admin_only(caller: &Caller, what: &str) -> Result<(), ApiError> {
+    if caller.role == Role::Admin {
+        return Ok(());
+    }
+    Err(ApiError::new(StatusCode::FORBIDDEN, format!("token `{}` is not an admin; only admins {what}", caller.name)))
+}
+
+fn ca_error(e: crate::ca::CaError) -> ApiError {
+    use crate::ca::CaError;
+    let status = match e {
+        CaError::UnknownRoot(_) => StatusCode::NOT_FOUND,
+        CaError::Refused(_) => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+async fn ca_add_root(State(control): State<Arc<ControlPlane>>, headers: HeaderMap) -> ApiResult {
+    admin_only(&authenticate(&control, &headers)?, "change the CA")?;
+    let ca = control.ca.clone();
+    let fingerprint = tokio::task::spawn_blocking(move || ca.add_root())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ca_error)?;
+    Ok((StatusCode::CREATED, Json(json!({"fingerprint": fingerprint, "ca": control.ca.status()}))).into_response())
+}
+
+async fn ca_activate(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path(fingerprint): Path<String>,
+) -> ApiResult {
+    admin_only(&authenticate(&control, &headers)?, "change the CA")?;
+    control.ca.activate(&fingerprint).map_err(ca_error)?;
+    Ok(Json(control.ca.status()).into_response())
+}
+
+async fn ca_retire(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path(fingerprint): Path<String>,
+) -> ApiResult {
+    admin_only(&authenticate(&control, &headers)?, "change the CA")?;
+    control.ca.retire(&fingerprint).map_err(ca_error)?;
+    Ok(Json(control.ca.status()).into_response())
 }
 
 async fn proxies(State(control): State<Arc<ControlPlane>>, headers: HeaderMap) -> ApiResult {

@@ -8,10 +8,14 @@
 //!   proxies), described in `docs/api/openapi.yaml`.
 //! - [`registry`]: connected proxies, their workloads, health and acknowledged versions.
 //! - [`snapshot`]: the compiler from resources + registry to each proxy's configuration.
+//! - [`ca`]: the certificate authority (managed root with rotation, or the operator's CA).
+//! - [`identity`]: the gRPC service that signs SVIDs for proxies that proved who they are.
 //! - [`push`]: the per-proxy gRPC stream that sends incremental updates and records ACK/NACK.
 
 pub mod api;
 pub mod auth;
+pub mod ca;
+pub mod identity;
 pub mod push;
 pub mod registry;
 pub mod snapshot;

@@ -7,6 +7,7 @@
 //! ACK or NACK is recorded in the registry; after a NACK the next update is computed
 //! against what the proxy last accepted.
 
+use crate::ca::CertificateAuthority;
 use crate::registry::{Registry, Workload};
 use crate::snapshot::{Piece, Snapshot};
 use crate::store::Store;
@@ -21,8 +22,12 @@ use trellis_protocol::v1::{ConfigUpdate, Hello, ProxyMessage, Resource, proxy_me
 
 /// Keeps the snapshot current: rebuilt after every store commit and registry change, and
 /// expires proxies gone past their grace period.
-pub fn spawn_snapshot_builder(store: Store, registry: Arc<Registry>) -> watch::Receiver<Arc<Snapshot>> {
-    let build = |store: &Store, registry: &Registry| {
+pub fn spawn_snapshot_builder(
+    store: Store,
+    registry: Arc<Registry>,
+    ca: Arc<CertificateAuthority>,
+) -> watch::Receiver<Arc<Snapshot>> {
+    let build = |store: &Store, registry: &Registry, ca: &CertificateAuthority| {
         // Read the revision first: the snapshot is at least this new.
         let revision = store.revision();
         let items = store.list(None, None).unwrap_or_else(|e| {
@@ -31,11 +36,13 @@ pub fn spawn_snapshot_builder(store: Store, registry: Arc<Registry>) -> watch::R
         });
         let mut snapshot = Snapshot::build(&items, registry);
         snapshot.revision = revision;
+        snapshot.bundle = Some(crate::snapshot::bundle_piece(&ca.bundle_document()));
         Arc::new(snapshot)
     };
-    let (tx, rx) = watch::channel(build(&store, &registry));
+    let (tx, rx) = watch::channel(build(&store, &registry, &ca));
     let mut commits = store.subscribe();
     let mut registry_changes = registry.subscribe();
+    let mut ca_changes = ca.subscribe();
     tokio::spawn(async move {
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -46,6 +53,7 @@ pub fn spawn_snapshot_builder(store: Store, registry: Arc<Registry>) -> watch::R
                     }
                 }
                 changed = registry_changes.changed() => if changed.is_err() { return },
+                changed = ca_changes.changed() => if changed.is_err() { return },
                 _ = expiry.tick() => {
                     if !registry.expire() {
                         continue;
@@ -56,7 +64,8 @@ pub fn spawn_snapshot_builder(store: Store, registry: Arc<Registry>) -> watch::R
             tokio::time::sleep(Duration::from_millis(10)).await;
             while commits.try_recv().is_ok() {}
             registry_changes.borrow_and_update();
-            let snapshot = tokio::task::block_in_place(|| build(&store, &registry));
+            ca_changes.borrow_and_update();
+            let snapshot = tokio::task::block_in_place(|| build(&store, &registry, &ca));
             if tx.send(snapshot).is_err() {
                 return;
             }
@@ -68,14 +77,54 @@ pub fn spawn_snapshot_builder(store: Store, registry: Arc<Registry>) -> watch::R
 pub struct PushService {
     registry: Arc<Registry>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    ca: Arc<CertificateAuthority>,
+    /// Accept proxies that prove no identity (they get no mTLS identity either).
+    allow_unauthenticated: bool,
 }
 
 impl PushService {
     pub fn new(
         registry: Arc<Registry>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
+        ca: Arc<CertificateAuthority>,
+        allow_unauthenticated: bool,
     ) -> ConfigDiscoveryServer<PushService> {
-        ConfigDiscoveryServer::new(PushService { registry, snapshots })
+        ConfigDiscoveryServer::new(PushService { registry, snapshots, ca, allow_unauthenticated })
+    }
+
+    /// The SPIFFE ID the Hello proves, checked against the workload it claims.
+    fn authenticate(&self, hello: &Hello, workload: &Workload) -> Result<Option<String>, Status> {
+        let Some(proof) = &hello.identity else {
+            if self.allow_unauthenticated {
+                return Ok(None);
+            }
+            return Err(Status::unauthenticated(
+                "this control plane requires proxies to prove their identity: give the proxy a join token \
+                 (control.joinToken or control.joinTokenFile; `trellis token create NAME --join ...`)",
+            ));
+        };
+        let id = trellis_identity::keys::verify_possession(
+            &self.ca.bundle(),
+            &proof.chain_pem,
+            "hello",
+            proof.unix_time,
+            hello.proxy_id.as_bytes(),
+            &proof.signature,
+        )
+        .map_err(|e| Status::unauthenticated(format!("identity proof refused: {e}")))?;
+        if id.namespace != workload.namespace {
+            return Err(Status::permission_denied(format!(
+                "identity {id} may not register a workload in namespace `{}`",
+                workload.namespace
+            )));
+        }
+        if !workload.service_account.is_empty() && id.service_account != workload.service_account {
+            return Err(Status::permission_denied(format!(
+                "identity {id} may not register as service account `{}`",
+                workload.service_account
+            )));
+        }
+        Ok(Some(id.to_string()))
     }
 }
 
@@ -92,7 +141,8 @@ impl ConfigDiscovery for PushService {
         if hello.proxy_id.is_empty() {
             return Err(Status::invalid_argument("Hello.proxy_id is empty"));
         }
-        let workload = workload_of(&hello)?;
+        let mut workload = workload_of(&hello)?;
+        workload.identity = self.authenticate(&hello, &workload)?;
         let stream = self.registry.connect(&hello.proxy_id, workload.clone(), hello.ready);
         tracing::info!(proxy = %hello.proxy_id, service = %workload.service, namespace = %workload.namespace, "proxy connected");
         let (tx, rx) = mpsc::channel(16);
@@ -130,6 +180,8 @@ fn workload_of(hello: &Hello) -> Result<Workload, Status> {
         region: w.region,
         address,
         calls: w.calls,
+        service_account: w.service_account,
+        identity: None,
     })
 }
 
@@ -195,7 +247,9 @@ impl Session {
                 self.registry.acked(&self.proxy_id, self.stream, &version, &ack.error);
             }
             Some(proxy_message::Kind::Heartbeat(beat)) => {
-                self.registry.heartbeat(&self.proxy_id, self.stream, beat.ready)
+                let certificate = (!beat.certificate_signer.is_empty())
+                    .then(|| (beat.certificate_signer.clone(), beat.certificate_not_after));
+                self.registry.heartbeat(&self.proxy_id, self.stream, beat.ready, certificate)
             }
             Some(proxy_message::Kind::Hello(_)) | None => {}
         }

@@ -23,6 +23,12 @@ pub struct Workload {
     pub region: String,
     pub address: Option<SocketAddr>,
     pub calls: Vec<String>,
+    #[serde(default)]
+    pub service_account: String,
+    /// The SPIFFE ID the proxy proved when it connected; `None` for unauthenticated proxies
+    /// (allowed only with `--allow-unauthenticated-proxies`).
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 /// One proxy, as `trellis get proxies` shows it.
@@ -42,6 +48,17 @@ pub struct ProxyStatus {
     /// Seconds since the proxy was last heard from.
     pub last_seen_seconds_ago: u64,
     pub connected_since_unix: u64,
+    /// Fingerprint of the CA that signed the proxy's current certificate.
+    pub certificate_signer: Option<String>,
+    /// When the proxy's certificate expires (unix seconds).
+    pub certificate_not_after: Option<i64>,
+}
+
+/// A registered workload as an endpoint of its service.
+pub struct RegisteredEndpoint {
+    pub address: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub identity: Option<String>,
 }
 
 struct Entry {
@@ -56,6 +73,7 @@ struct Entry {
     nack: Option<String>,
     /// Distinguishes a reconnected stream from the one it replaced.
     stream: u64,
+    certificate: Option<(String, i64)>,
 }
 
 /// An entry as saved on disk.
@@ -114,6 +132,7 @@ impl Registry {
                                 acked_version: None,
                                 nack: None,
                                 stream: 0,
+                                certificate: None,
                             },
                         );
                     }
@@ -174,6 +193,7 @@ impl Registry {
                 acked_version: None,
                 nack: None,
                 stream,
+                certificate: None,
             },
         );
         drop(entries);
@@ -186,10 +206,11 @@ impl Registry {
         entries.get_mut(proxy_id).filter(|e| e.stream == stream).map(f)
     }
 
-    pub fn heartbeat(&self, proxy_id: &str, stream: u64, ready: bool) {
+    pub fn heartbeat(&self, proxy_id: &str, stream: u64, ready: bool, certificate: Option<(String, i64)>) {
         let changed = self
             .with(proxy_id, stream, |e| {
                 e.last_seen = Instant::now();
+                e.certificate = certificate;
                 std::mem::replace(&mut e.ready, ready) != ready
             })
             .unwrap_or(false);
@@ -242,15 +263,22 @@ impl Registry {
     }
 
     /// Ready workloads of a service, as endpoints (address, labels).
-    pub fn endpoints(&self, service: &str, namespace: &str) -> Vec<(SocketAddr, BTreeMap<String, String>)> {
+    /// Ready workloads of a service: address, labels and proven identity.
+    pub fn endpoints(&self, service: &str, namespace: &str) -> Vec<RegisteredEndpoint> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut found: Vec<(SocketAddr, BTreeMap<String, String>)> = entries
+        let mut found: Vec<RegisteredEndpoint> = entries
             .values()
             .filter(|e| e.ready && e.workload.service == service && e.workload.namespace == namespace)
-            .filter_map(|e| e.workload.address.map(|a| (a, e.workload.labels.clone())))
+            .filter_map(|e| {
+                e.workload.address.map(|address| RegisteredEndpoint {
+                    address,
+                    labels: e.workload.labels.clone(),
+                    identity: e.workload.identity.clone(),
+                })
+            })
             .collect();
-        found.sort_by_key(|(a, _)| *a);
-        found.dedup_by_key(|(a, _)| *a);
+        found.sort_by_key(|e| e.address);
+        found.dedup_by_key(|e| e.address);
         found
     }
 
@@ -283,6 +311,8 @@ impl Registry {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or_default(),
+                certificate_signer: e.certificate.as_ref().map(|c| c.0.clone()),
+                certificate_not_after: e.certificate.as_ref().map(|c| c.1),
             })
             .collect();
         all.sort_by(|a, b| a.proxy_id.cmp(&b.proxy_id));

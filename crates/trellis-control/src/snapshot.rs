@@ -33,6 +33,8 @@ pub struct Snapshot {
     policies: Vec<(String, Piece, String, Option<String>)>,
     /// The store revision this snapshot was built from.
     pub revision: u64,
+    /// The CA's roots and signer, sent to every proxy.
+    pub bundle: Option<Piece>,
 }
 
 impl Snapshot {
@@ -77,9 +79,15 @@ impl Snapshot {
                 .get(&(namespace.clone(), service.clone()))
                 .map(|e| e.endpoints.clone())
                 .unwrap_or_default();
-            for (address, labels) in registry.endpoints(&service, &namespace) {
-                if !list.iter().any(|e| e.address == address) {
-                    list.push(Endpoint { address, labels, weight: Weight(1), meshed: true });
+            for registered in registry.endpoints(&service, &namespace) {
+                if !list.iter().any(|e| e.address == registered.address) {
+                    list.push(Endpoint {
+                        address: registered.address,
+                        labels: registered.labels,
+                        weight: Weight(1),
+                        meshed: true,
+                        identity: registered.identity.map(trellis_api::SpiffeId),
+                    });
                 }
             }
             if list.is_empty() && !static_endpoints.contains_key(&(namespace.clone(), service.clone())) {
@@ -134,6 +142,9 @@ impl Snapshot {
             }
         }
         let mut out = BTreeMap::new();
+        if let Some(bundle) = &self.bundle {
+            out.insert(trellis_protocol::TRUST_BUNDLE_RESOURCE.to_string(), bundle.clone());
+        }
         // Policies are enforced where traffic arrives: those of its own namespace that
         // cover the whole namespace or its own service.
         for (name, piece, ns, service) in &self.policies {
@@ -173,6 +184,12 @@ fn referenced_services(service: &Service) -> Vec<ServiceKey> {
         }
     }
     out
+}
+
+/// The trust bundle as a pushed piece.
+pub fn bundle_piece(document: &crate::ca::BundleDocument) -> Piece {
+    let json = serde_json::to_string(document).unwrap_or_default();
+    Piece { hash: trellis_protocol::content_hash(json.as_bytes()), json }
 }
 
 fn piece_of(resource: &Resource) -> Piece {

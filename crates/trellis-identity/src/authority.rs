@@ -13,7 +13,7 @@ use rcgen::{
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::time::Duration;
-use time::OffsetDateTime;
+pub use time::OffsetDateTime;
 
 /// Tolerated clock difference between the control plane and proxies.
 const BACKDATE: Duration = Duration::from_secs(60);
@@ -102,6 +102,19 @@ impl Signer {
 
     /// Signs the public key of `csr_pem` into an SVID for `id`, valid for `lifetime`.
     pub fn issue(&self, csr_pem: &str, id: &SpiffeId, lifetime: Duration) -> Result<Issued, AuthorityError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_for(csr_pem, id, now - BACKDATE, now + lifetime)
+    }
+
+    /// Like [`Signer::issue`] with an explicit validity window (tests use it to make an
+    /// already expired certificate).
+    pub fn issue_for(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, AuthorityError> {
         let csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| AuthorityError::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::default();
@@ -112,9 +125,8 @@ impl Signer {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + lifetime;
+        params.not_before = not_before;
+        params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
         let cert =
             params.signed_by(&csr.public_key, &self.issuer).map_err(|e| AuthorityError::Signing(e.to_string()))?;
@@ -166,4 +178,9 @@ fn unique_suffix() -> Result<String, AuthorityError> {
     let mut bytes = [0u8; 6];
     crate::provider().secure_random.fill(&mut bytes).map_err(|_| AuthorityError::Signing("no randomness".into()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Parses `csr_pem` and checks its self-signature.
+pub fn check_csr(csr_pem: &str) -> Result<(), AuthorityError> {
+    CertificateSigningRequestParams::from_pem(csr_pem).map(|_| ()).map_err(|e| AuthorityError::BadCsr(e.to_string()))
 }

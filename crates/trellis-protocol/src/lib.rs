@@ -1,6 +1,7 @@
 //! The wire protocol between the Trellis control plane and its proxies (`proto/config.proto`):
 //! one bidirectional gRPC stream per proxy carrying workload registration, heartbeats,
-//! incremental configuration updates and their ACK/NACK.
+//! incremental configuration updates and their ACK/NACK; and the `Identity` service that
+//! signs workload certificates.
 
 // Generated code: prost boxes nothing, and the Hello variant is much larger than the others.
 #[allow(clippy::large_enum_variant)]
@@ -40,4 +41,17 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, super::version_of([("Service/a/x", "1")]));
     }
+}
+
+/// The name the trust bundle travels under in every proxy's share of the configuration.
+pub const TRUST_BUNDLE_RESOURCE: &str = "TrustBundle/trellis/mesh";
+
+/// The trust bundle as pushed (JSON): the roots to trust and which CA certificate signs
+/// now. A proxy whose certificate came from another signer renews at once.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustBundleDocument {
+    pub trust_domain: String,
+    pub roots_pem: String,
+    pub signer: String,
 }

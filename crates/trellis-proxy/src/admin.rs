@@ -1,4 +1,5 @@
-//! The admin listener (keep it on loopback): `/live`, `/ready`, `/metrics`, `/config`.
+//! The admin listener (keep it on loopback): `/live`, `/ready` (fails while draining or
+//! without a valid workload certificate), `/metrics`, `/config`.
 
 use crate::Shared;
 use crate::body::{self, Body};
@@ -29,6 +30,10 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
         "/ready" => {
             if shared.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some(reason) = shared.identity.not_ready_reason() {
+                let mut r = Response::new(body::full(format!("not ready: {reason}\n")));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r
             } else {
                 text(StatusCode::OK, "ready\n")
             }
@@ -48,6 +53,8 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 "source": shared.source_description(),
                 "loadedAt": shared.loaded_at(),
                 "lastReloadError": shared.last_reload_error(),
+                "identity": shared.identity.is_configured().then(|| shared.identity.status()),
+                "mtlsMode": config.authorizer.mtls_mode(),
                 "control": shared.control_status.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                 "resources": config.documents,
                 "routes": config.services.values().map(|s| serde_json::json!({

@@ -57,4 +57,6 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// Where the client meant to connect (the original destination when captured).
     pub target: SocketAddr,
+    /// The SPIFFE ID the client proved with mutual TLS; `None` for plaintext.
+    pub peer_identity: Option<std::sync::Arc<trellis_identity::SpiffeId>>,
 }

@@ -57,6 +57,8 @@ pub struct RunningConfig {
     by_address: HashMap<SocketAddr, ServiceId>,
     by_ip: HashMap<IpAddr, ServiceId>,
     by_host: HashMap<String, ServiceId>,
+    /// The policies covering this proxy's workload, for inbound traffic.
+    pub authorizer: Arc<crate::authz::Authorizer>,
 }
 
 /// One service as its callers' proxies see it.
@@ -103,6 +105,8 @@ pub struct Backend {
 pub struct Target {
     pub addr: SocketAddr,
     pub meshed: bool,
+    /// The SPIFFE ID the endpoint must prove (mutual TLS); `None`: plaintext.
+    pub identity: crate::upstream::PeerIdentity,
     pub stats: Arc<EndpointStats>,
 }
 
@@ -113,11 +117,11 @@ impl RunningConfig {
         let mut settings = ProxySettings::default();
         let mut specs: BTreeMap<ServiceId, Service> = BTreeMap::new();
         let mut endpoint_lists: HashMap<ServiceId, Endpoints> = HashMap::new();
+        let mut policies = Vec::new();
         for doc in &documents {
             match doc {
                 Resource::Proxy(p) => settings = p.clone(),
-                // Enforced once workload identities exist; carried along until then.
-                Resource::Policy(_) => {}
+                Resource::Policy(p) => policies.push(p),
                 Resource::Service(s) => {
                     specs.insert(service_id(&s.name, &s.namespace), s.clone());
                 }
@@ -174,7 +178,13 @@ impl RunningConfig {
                 Arc::new(ServiceConfig { id: id.clone(), spec: spec.clone(), routes, default_route, all }),
             );
         }
-        Ok(RunningConfig { version, documents, settings, services, by_address, by_ip, by_host })
+        // Without a workload (static mode) the namespace-wide policies of `default` apply.
+        let (namespace, own_service) = match &settings.workload {
+            Some(w) => (w.namespace.clone(), Some(w.service.0.clone())),
+            None => ("default".to_string(), None),
+        };
+        let authorizer = Arc::new(crate::authz::Authorizer::compile(&policies, &namespace, own_service.as_deref())?);
+        Ok(RunningConfig { version, documents, settings, services, by_address, by_ip, by_host, authorizer })
     }
 
     /// The service a connection to `target` is meant for: by virtual IP, or by an endpoint
@@ -254,7 +264,12 @@ impl BackendBuilder<'_> {
             .unwrap_or_default();
         let targets: Vec<Target> = endpoints
             .iter()
-            .map(|e| Target { addr: e.address, meshed: e.meshed, stats: self.runtime.endpoints.stats(e.address) })
+            .map(|e| Target {
+                addr: e.address,
+                meshed: e.meshed,
+                identity: e.identity.as_ref().map(|id| Arc::from(id.0.as_str())),
+                stats: self.runtime.endpoints.stats(e.address),
+            })
             .collect();
         let lb = spec.map(|s| s.load_balancer.clone()).unwrap_or_default();
         let algorithm = lb.algorithm;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Endpoint;
 use trellis_api::{ControlSettings, Resource, WorkloadSettings};
+use trellis_protocol::TrustBundleDocument;
 use trellis_protocol::v1::config_discovery_client::ConfigDiscoveryClient;
 use trellis_protocol::v1::{self as proto, ConfigUpdate, ProxyMessage, proxy_message::Kind};
 
@@ -95,6 +96,12 @@ impl Pushed {
         let mut documents = Vec::with_capacity(self.resources.len());
         let mut errors = Vec::new();
         for (name, stored) in &self.resources {
+            if name == trellis_protocol::TRUST_BUNDLE_RESOURCE {
+                if let Err(e) = self.bundle() {
+                    errors.push(e);
+                }
+                continue;
+            }
             match parse_resource(name, stored) {
                 Ok(doc) => documents.push(doc),
                 Err(e) => errors.push(e),
@@ -120,6 +127,23 @@ impl Pushed {
             errors.push(format!("and {more} more"));
         }
         Err(errors.join("\n"))
+    }
+}
+
+impl Pushed {
+    /// The pushed trust bundle, if one is held.
+    pub fn bundle(&self) -> Result<Option<TrustBundleDocument>, String> {
+        let name = trellis_protocol::TRUST_BUNDLE_RESOURCE;
+        let Some(stored) = self.resources.get(name) else { return Ok(None) };
+        let computed = trellis_protocol::content_hash(stored.json.as_bytes());
+        if computed != stored.hash {
+            return Err(format!("{name}: hash mismatch: sent {}, but its JSON hashes to {computed}", stored.hash));
+        }
+        let document: TrustBundleDocument =
+            serde_json::from_str(&stored.json).map_err(|e| format!("{name}: not a trust bundle: {e}"))?;
+        trellis_identity::TrustBundle::from_pem(&document.trust_domain, &document.roots_pem)
+            .map_err(|e| format!("{name}: {e}"))?;
+        Ok(Some(document))
     }
 }
 
@@ -211,11 +235,17 @@ pub async fn run(
             return;
         }
         let started = tokio::time::Instant::now();
+        // A proxy meant to have an identity proves it in the Hello; the first certificate
+        // may still be on its way.
+        if shared.identity.is_configured() {
+            shared.identity.wait_for_credentials(CONNECT_TIMEOUT).await;
+        }
         let hello = proto::Hello {
             proxy_id: proxy_id.clone(),
             workload: workload.clone(),
             known: pushed.known(),
             ready: !shared.is_draining(),
+            identity: shared.identity.hello_proof(&proxy_id),
         };
         let mut updated = false;
         let reason = session(&shared, &control, hello, &mut pushed, &status, &mut drain, &mut updated).await;
@@ -254,6 +284,11 @@ fn restore(shared: &Shared, dir: &Path) -> Pushed {
             return Pushed::default();
         }
     };
+    if let Ok(Some(bundle)) = saved.bundle()
+        && let Err(e) = shared.identity.install_bundle(&bundle)
+    {
+        tracing::warn!("ignoring the saved trust bundle: {e}");
+    }
     match saved.documents().and_then(|docs| shared.install_pushed(docs)) {
         Ok(running) => {
             tracing::info!(
@@ -315,7 +350,16 @@ async fn session(
         s.last_error = None;
     });
 
-    let heartbeat = |ready: bool| ProxyMessage { kind: Some(Kind::Heartbeat(proto::Heartbeat { ready })) };
+    let heartbeat = |ready: bool| {
+        let certificate = shared.identity.live.credentials();
+        ProxyMessage {
+            kind: Some(Kind::Heartbeat(proto::Heartbeat {
+                ready,
+                certificate_signer: certificate.as_ref().map(|c| c.signer.clone()).unwrap_or_default(),
+                certificate_not_after: certificate.as_ref().map(|c| c.not_after).unwrap_or_default(),
+            })),
+        }
+    };
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut told_draining = shared.is_draining();
@@ -360,6 +404,9 @@ async fn handle_update(
             let (next, documents) = apply_update(&current, &update)?;
             let running =
                 shared.install_pushed(documents).map_err(|e| format!("the configuration does not compile: {e}"))?;
+            if let Some(bundle) = next.bundle()? {
+                shared.identity.install_bundle(&bundle)?;
+            }
             let saved = if next == current { None } else { next.persist(&dir).err() };
             Ok((next, running, saved))
         }
@@ -405,6 +452,7 @@ fn to_proto(w: &WorkloadSettings) -> proto::Workload {
         region: w.region.clone().unwrap_or_default(),
         address: w.address.to_string(),
         calls: w.calls.clone(),
+        service_account: w.service_account().to_string(),
     }
 }
 
@@ -447,7 +495,7 @@ fn status_text(s: &tonic::Status) -> String {
 
 /// An error and its sources, `a: b: c` (tonic's transport error alone says only
 /// "transport error").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

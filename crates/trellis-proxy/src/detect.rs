@@ -21,9 +21,11 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 with prior knowledge (the client sent the connection preface).
     Http2,
-    /// A TLS ClientHello; `sni` is the server name it asked for, lowercased.
+    /// A TLS ClientHello; `sni` is the server name it asked for, lowercased; `mesh` says
+    /// its ALPN offers a Trellis mesh protocol (`trellis-...`): another proxy's mTLS.
     Tls {
         sni: Option<String>,
+        mesh: bool,
     },
     Opaque,
 }
@@ -113,10 +115,10 @@ pub fn classify(prefix: &[u8]) -> Classification {
     if first == TLS_HANDSHAKE {
         return match prefix.get(1) {
             None => NeedMore,
-            Some(3) => match parse_sni(prefix) {
-                Ok(sni) => Known(Protocol::Tls { sni }),
+            Some(3) => match parse_hello(prefix) {
+                Ok(HelloSummary { sni, mesh }) => Known(Protocol::Tls { sni, mesh }),
                 Err(SniError::NeedMore) => NeedMore,
-                Err(SniError::Malformed) => Known(Protocol::Tls { sni: None }),
+                Err(SniError::Malformed) => Known(Protocol::Tls { sni: None, mesh: false }),
             },
             Some(_) => Known(Protocol::Opaque),
         };
@@ -152,6 +154,19 @@ fn classify_http1(prefix: &[u8]) -> Classification {
 /// `Err(Malformed)`: not a valid hello. The name is lowercased, as names are compared
 /// case-insensitively.
 pub fn parse_sni(buf: &[u8]) -> Result<Option<String>, SniError> {
+    parse_hello(buf).map(|hello| hello.sni)
+}
+
+/// What detection reads from a ClientHello.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HelloSummary {
+    pub sni: Option<String>,
+    /// ALPN offers a `trellis-` protocol.
+    pub mesh: bool,
+}
+
+/// Parses the ClientHello at the start of `buf`.
+pub fn parse_hello(buf: &[u8]) -> Result<HelloSummary, SniError> {
     let hello = client_hello(buf)?;
     parse_client_hello(&hello).map_err(|_| SniError::Malformed)
 }
@@ -277,7 +292,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn parse_client_hello(body: &[u8]) -> Result<Option<String>, Invalid> {
+fn parse_client_hello(body: &[u8]) -> Result<HelloSummary, Invalid> {
     let mut r = Reader(body);
     let _legacy_version = r.u16()?;
     let _random = r.take(32)?;
@@ -293,13 +308,14 @@ fn parse_client_hello(body: &[u8]) -> Result<Option<String>, Invalid> {
         return Err(Invalid); // compression methods: at least "null"
     }
     if r.is_empty() {
-        return Ok(None); // a hello may end without extensions
+        return Ok(HelloSummary::default()); // a hello may end without extensions
     }
     let mut extensions = r.vec16()?;
     if !r.is_empty() {
         return Err(Invalid);
     }
     let mut sni = None;
+    let mut mesh = false;
     while !extensions.is_empty() {
         let kind = extensions.u16()?;
         let mut data = extensions.vec16()?;
@@ -307,8 +323,15 @@ fn parse_client_hello(body: &[u8]) -> Result<Option<String>, Invalid> {
         if kind == 0 && sni.is_none() {
             sni = Some(parse_server_name(&mut data)?);
         }
+        // application_layer_protocol_negotiation: a list of 8-bit-length names.
+        if kind == 16 {
+            let mut names = data.vec16()?;
+            while !names.is_empty() {
+                mesh |= names.vec8()?.starts_with(b"trellis-");
+            }
+        }
     }
-    Ok(sni.flatten())
+    Ok(HelloSummary { sni: sni.flatten(), mesh })
 }
 
 /// The `server_name` extension: a list of (type, name); the host_name entry is returned.
@@ -337,7 +360,7 @@ fn parse_server_name(data: &mut Reader<'_>) -> Result<Option<String>, Invalid> {
 /// anything else is opaque.
 fn undecided(prefix: &[u8]) -> Protocol {
     if prefix.len() >= 2 && prefix[0] == TLS_HANDSHAKE && prefix[1] == 3 {
-        Protocol::Tls { sni: None }
+        Protocol::Tls { sni: None, mesh: false }
     } else {
         Protocol::Opaque
     }
@@ -529,7 +552,7 @@ mod tests {
     }
 
     fn tls(sni: Option<&str>) -> Protocol {
-        Protocol::Tls { sni: sni.map(String::from) }
+        Protocol::Tls { sni: sni.map(String::from), mesh: false }
     }
 
     /// Feeds `input` one byte at a time: NeedMore until `decided_at` bytes, then `want`.

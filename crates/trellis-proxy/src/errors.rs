@@ -25,6 +25,14 @@ pub enum Reason {
     PerTryTimeout,
     BadRequest,
     Internal,
+    /// The mutual TLS handshake with the upstream failed, or it proved another identity.
+    UpstreamTls,
+    /// Mutual TLS is required but this proxy has no valid certificate.
+    NoIdentity,
+    /// An authorization rule (or default deny) refused the request.
+    Denied,
+    /// The external authorizer could not be asked and the policy fails closed.
+    AuthorizerUnavailable,
 }
 
 impl Reason {
@@ -40,15 +48,22 @@ impl Reason {
             Reason::PerTryTimeout => "per-try-timeout",
             Reason::BadRequest => "bad-request",
             Reason::Internal => "internal",
+            Reason::UpstreamTls => "upstream-tls-failure",
+            Reason::NoIdentity => "no-workload-identity",
+            Reason::Denied => "denied",
+            Reason::AuthorizerUnavailable => "authorizer-unavailable",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             Reason::NoRoute | Reason::UnknownService => StatusCode::NOT_FOUND,
-            Reason::NoHealthyEndpoints | Reason::ConnectFailure | Reason::ConnectTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::NoHealthyEndpoints
+            | Reason::ConnectFailure
+            | Reason::ConnectTimeout
+            | Reason::UpstreamTls
+            | Reason::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Denied | Reason::AuthorizerUnavailable => StatusCode::FORBIDDEN,
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::RequestTimeout | Reason::PerTryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::BadRequest => StatusCode::BAD_REQUEST,
@@ -63,6 +78,7 @@ impl Reason {
             Reason::RequestTimeout | Reason::PerTryTimeout => 4, // DEADLINE_EXCEEDED
             Reason::BadRequest => 3,                             // INVALID_ARGUMENT
             Reason::Internal => 13,                              // INTERNAL
+            Reason::Denied | Reason::AuthorizerUnavailable => 7, // PERMISSION_DENIED
             _ => 14,                                             // UNAVAILABLE
         }
     }
@@ -75,12 +91,14 @@ pub struct ProxyError {
     /// The upstream (`service` or `service/subset`) involved, if any.
     pub upstream: Option<String>,
     pub endpoint: Option<std::net::SocketAddr>,
+    /// The authorization rule that denied the request.
+    pub rule: Option<String>,
     pub detail: String,
 }
 
 impl ProxyError {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        ProxyError { reason, upstream: None, endpoint: None, detail: detail.into() }
+        ProxyError { reason, upstream: None, endpoint: None, rule: None, detail: detail.into() }
     }
 
     pub fn upstream(mut self, upstream: &str) -> Self {
@@ -93,6 +111,11 @@ impl ProxyError {
         self
     }
 
+    pub fn rule(mut self, rule: &str) -> Self {
+        self.rule = Some(rule.to_string());
+        self
+    }
+
     /// The `x-trellis-error` header value.
     pub fn header_value(&self) -> String {
         let mut value = self.reason.as_str().to_string();
@@ -102,6 +125,10 @@ impl ProxyError {
         }
         if let Some(endpoint) = self.endpoint {
             value.push_str(&format!("; endpoint={endpoint}"));
+        }
+        if let Some(rule) = &self.rule {
+            value.push_str("; rule=");
+            value.push_str(rule);
         }
         value
     }
@@ -140,6 +167,9 @@ impl fmt::Display for ProxyError {
                 write!(f, ", endpoint {endpoint}")?;
             }
             write!(f, ")")?;
+        }
+        if let Some(rule) = &self.rule {
+            write!(f, " by rule \"{rule}\"")?;
         }
         if !self.detail.is_empty() {
             write!(f, ": {}", self.detail)?;

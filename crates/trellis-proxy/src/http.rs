@@ -102,7 +102,37 @@ struct Handler {
     shared: Arc<Shared>,
 }
 
+/// The verified SPIFFE ID of the caller, set on requests to the application; a value sent
+/// by the client is always removed first.
+pub const PEER_IDENTITY_HEADER: &str = "x-trellis-peer-identity";
+
 impl Handler {
+    /// Inbound authorization: the request, marked with the caller's identity, or the error
+    /// naming the rule that denied it (never the policy's contents).
+    fn authorize(
+        &self,
+        config: &crate::config::RunningConfig,
+        request: Request<Body>,
+    ) -> Result<Request<Body>, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+        parts.headers.remove(PEER_IDENTITY_HEADER);
+        let source = self.connection.peer_identity.as_deref();
+        let facts = crate::authz::Facts { source, port: self.connection.target.port(), http: Some(&parts) };
+        if let crate::authz::Decision::Deny { policy, rule } =
+            config.authorizer.check(&facts, &self.shared.runtime.metrics)
+        {
+            let caller = source.map(|s| s.to_string()).unwrap_or_else(|| "plaintext".into());
+            tracing::info!(%policy, %rule, %caller, method = %parts.method, path = parts.uri.path(), "request denied");
+            return Err(ProxyError::new(Reason::Denied, "").rule(&rule));
+        }
+        if let Some(id) = source
+            && let Ok(value) = http::HeaderValue::from_str(&id.to_string())
+        {
+            parts.headers.insert(PEER_IDENTITY_HEADER, value);
+        }
+        Ok(Request::from_parts(parts, body))
+    }
+
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let config = self.shared.config();
@@ -122,12 +152,17 @@ impl Handler {
 
         let (service_label, route_label, response) = match &self.side {
             Side::Inbound { app } => {
-                // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
-                let wire = request.headers().contains_key(ORIG_PROTO_HEADER).then_some(Wire::Http1);
                 let label = config.settings.name.clone().unwrap_or_else(|| "app".into());
-                request.extensions_mut().insert(ForwardTo { addr: *app, label: label.clone(), wire });
-                let chain = &self.shared.inbound_chain;
-                (label, "inbound".to_string(), Next::new(chain).run(request).await)
+                match self.authorize(&config, request) {
+                    Err(denied) => (label, "inbound".to_string(), denied.into_response(grpc)),
+                    Ok(mut request) => {
+                        // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
+                        let wire = request.headers().contains_key(ORIG_PROTO_HEADER).then_some(Wire::Http1);
+                        request.extensions_mut().insert(ForwardTo { addr: *app, label: label.clone(), wire });
+                        let chain = &self.shared.inbound_chain;
+                        (label, "inbound".to_string(), Next::new(chain).run(request).await)
+                    }
+                }
             }
             Side::Explicit { service } => match config.service_named(service) {
                 Some(svc) => {

@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod capture;
@@ -22,6 +23,7 @@ pub mod detect;
 pub mod elements;
 pub mod errors;
 pub mod http;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod routing;
@@ -50,6 +52,8 @@ pub struct Shared {
     pub access_log: Option<access_log::AccessLog>,
     /// How the stream to the control plane is doing (`None` in static mode).
     pub control_status: Option<Arc<Mutex<control_client::ControlStatus>>>,
+    /// The workload's certificate and the mesh TLS configurations (empty without one).
+    pub identity: Arc<identity::Identity>,
     drain: watch::Sender<bool>,
     active: AtomicUsize,
     idle: Notify,
@@ -209,7 +213,9 @@ impl Proxy {
                 _ => None,
             })
             .unwrap_or_default();
-        let upstreams = Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark }));
+        let identity = Arc::new(identity::Identity::default());
+        let upstreams =
+            Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark, identity: identity.clone() }));
         let runtime =
             Runtime { upstreams: upstreams.clone(), endpoints: EndpointRegistry::default(), metrics: metrics.clone() };
         let running = RunningConfig::compile(documents.clone(), &runtime)?;
@@ -229,6 +235,7 @@ impl Proxy {
                 .control
                 .as_ref()
                 .map(|_| Arc::new(Mutex::new(control_client::ControlStatus::default()))),
+            identity,
             drain,
             active: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -267,6 +274,12 @@ impl Proxy {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(admin::serve(admin, shared.clone()));
         tokio::spawn(watch_file(shared.clone()));
+        if let (Some(control), Some(workload)) = (&settings.control, &settings.workload)
+            && identity::expected(control)
+        {
+            shared.identity.set_configured();
+            tokio::spawn(identity::run(shared.clone(), control.clone(), workload.clone()));
+        }
         if let (Some(control), Some(status)) = (settings.control.clone(), shared.control_status.clone()) {
             tokio::spawn(control_client::run(shared.clone(), control, settings.workload.clone(), status));
         }

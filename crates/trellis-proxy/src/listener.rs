@@ -1,14 +1,26 @@
-//! Accepting connections: find where each was going, detect its protocol, and hand it to
-//! HTTP serving or opaque forwarding.
+//! Accepting connections: find where each was going, detect its protocol, terminate mesh
+//! TLS on the inbound side, and hand it to HTTP serving or opaque forwarding.
+//!
+//! Inbound, with a workload certificate: a TLS ClientHello offering a `trellis-` ALPN (another
+//! proxy), or any TLS in `strict` mode, is terminated here and the client's certificate
+//! verified; its SPIFFE ID travels with each request for authorization. In `strict` mode
+//! plaintext is refused; in `permissive` mode it is served, and other TLS passes through to
+//! the application. `trellis_inbound_connections_total{security}` counts which was used.
 
 use crate::Shared;
+use crate::authz::{Decision, Facts};
 use crate::chain::Connection;
 use crate::detect::{self, Protocol};
 use crate::http::Side;
 use crate::tcp::{self, TcpDestination};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use trellis_api::MtlsMode;
+
+/// Longest a mesh TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most bytes read while detecting a protocol before calling the connection opaque.
 const MAX_DETECT_BYTES: usize = 16 * 1024;
@@ -64,10 +76,16 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
     }
     let direction = side.direction();
 
-    // Declared opaque: no detection at all (server-speaks-first protocols need this).
+    let inbound = matches!(side, Side::Inbound { .. });
+    let strict = inbound && config.authorizer.mtls_mode() == MtlsMode::Strict;
+    let mesh_tls = inbound && shared.identity.usable();
+    // Declared opaque: no detection at all (server-speaks-first protocols need this) — unless
+    // peers may arrive over mesh TLS, whose ClientHello detection must see.
     let declared_opaque = match &side {
         Side::Inbound { .. } => {
-            config.settings.inbound.as_ref().is_some_and(|l| l.opaque_ports.contains(&target.port()))
+            !mesh_tls
+                && !strict
+                && config.settings.inbound.as_ref().is_some_and(|l| l.opaque_ports.contains(&target.port()))
         }
         Side::Outbound { .. } => {
             config.settings.outbound.as_ref().is_some_and(|l| l.opaque_ports.contains(&target.port()))
@@ -99,6 +117,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
         if declared_http { HTTP_IDLE_BEFORE_FIRST_REQUEST } else { config.settings.detect_timeout.get() };
     if declared_opaque {
         shared.runtime.metrics.detection(direction, detect::Outcome::DeclaredOpaque.as_str());
+        if inbound {
+            shared.runtime.metrics.inbound_connection("plaintext");
+            if !authorize_connection(&shared, None, target, peer) {
+                return;
+            }
+        }
         let destination = tcp_destination(&side, target, &shared, None);
         drop(config);
         if let Some(destination) = destination {
@@ -119,11 +143,33 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
     if outcome == detect::Outcome::ClosedEarly || (declared_http && outcome == detect::Outcome::Timeout) {
         return;
     }
-    let connection = Connection { peer, target };
+    if inbound {
+        let is_tls = matches!(protocol, Protocol::Tls { .. });
+        let ours = matches!(protocol, Protocol::Tls { mesh: true, .. }) || (strict && is_tls);
+        if ours && mesh_tls {
+            return serve_mesh_tls(io, peer, target, side, shared).await;
+        }
+        if strict {
+            let (security, why) = if is_tls {
+                ("tls-refused", "this proxy has no valid workload certificate")
+            } else {
+                ("plaintext-refused", "plaintext is refused (mTLS mode strict)")
+            };
+            shared.runtime.metrics.inbound_connection(security);
+            tracing::info!(%peer, %target, "inbound connection refused: {why}");
+            return;
+        }
+        shared.runtime.metrics.inbound_connection(if is_tls { "tls-passthrough" } else { "plaintext" });
+        let http = matches!(protocol, Protocol::Http1 | Protocol::Http2);
+        if !http && !authorize_connection(&shared, None, target, peer) {
+            return;
+        }
+    }
+    let connection = Connection { peer, target, peer_identity: None };
     match protocol {
         Protocol::Http1 => crate::http::serve(io, false, side, connection, shared).await,
         Protocol::Http2 => crate::http::serve(io, true, side, connection, shared).await,
-        Protocol::Tls { sni } => {
+        Protocol::Tls { sni, .. } => {
             if let Some(destination) = tcp_destination(&side, target, &shared, sni.as_deref()) {
                 tcp::forward(io, destination, direction, shared).await;
             }
@@ -132,6 +178,85 @@ async fn handle(stream: TcpStream, peer: SocketAddr, side: Side, shared: Arc<Sha
             if let Some(destination) = tcp_destination(&side, target, &shared, None) {
                 tcp::forward(io, destination, direction, shared).await;
             }
+        }
+    }
+}
+
+/// Terminates mesh TLS from a peer, verifies its certificate, and serves what the ALPN says
+/// is inside: HTTP/2, HTTP/1.1 or opaque TCP (detected when no ALPN was agreed).
+async fn serve_mesh_tls<IO>(io: IO, peer: SocketAddr, target: SocketAddr, side: Side, shared: Arc<Shared>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use trellis_identity::tls as mesh;
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.identity.server_config());
+    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            shared.runtime.metrics.inbound_connection("handshake-failed");
+            tracing::info!(%peer, error = %e, "inbound mutual TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.runtime.metrics.inbound_connection("handshake-failed");
+            tracing::info!(%peer, "inbound mutual TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let Some(identity) = mesh::peer_identity(session).map(Arc::new) else {
+        shared.runtime.metrics.inbound_connection("handshake-failed");
+        tracing::info!(%peer, "inbound mutual TLS peer presented no SPIFFE ID");
+        return;
+    };
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    shared.runtime.metrics.inbound_connection("mtls");
+    let direction = side.direction();
+    let connection = Connection { peer, target, peer_identity: Some(identity.clone()) };
+    match alpn.as_deref() {
+        Some(mesh::ALPN_MESH_H2) | Some(mesh::ALPN_H2) => crate::http::serve(tls, true, side, connection, shared).await,
+        Some(mesh::ALPN_MESH_HTTP1) | Some(mesh::ALPN_HTTP1) => {
+            crate::http::serve(tls, false, side, connection, shared).await
+        }
+        Some(mesh::ALPN_MESH_TCP) => {
+            if authorize_connection(&shared, Some(&identity), target, peer)
+                && let Some(destination) = tcp_destination(&side, target, &shared, None)
+            {
+                tcp::forward(tls, destination, direction, shared).await;
+            }
+        }
+        _ => {
+            let timeout = shared.config().settings.detect_timeout.get();
+            let Ok((protocol, _, io)) = detect::detect(tls, timeout, MAX_DETECT_BYTES).await else { return };
+            match protocol {
+                Protocol::Http1 => crate::http::serve(io, false, side, connection, shared).await,
+                Protocol::Http2 => crate::http::serve(io, true, side, connection, shared).await,
+                _ => {
+                    if authorize_connection(&shared, Some(&identity), target, peer)
+                        && let Some(destination) = tcp_destination(&side, target, &shared, None)
+                    {
+                        tcp::forward(io, destination, direction, shared).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Connection-level authorization for opaque TCP (HTTP requests are checked one by one).
+fn authorize_connection(
+    shared: &Shared,
+    source: Option<&Arc<trellis_identity::SpiffeId>>,
+    target: SocketAddr,
+    peer: SocketAddr,
+) -> bool {
+    let config = shared.config();
+    let facts = Facts { source: source.map(|s| s.as_ref()), port: target.port(), http: None };
+    match config.authorizer.check(&facts, &shared.runtime.metrics) {
+        Decision::Allow => true,
+        Decision::Deny { policy, rule } => {
+            tracing::info!(%peer, %policy, %rule, "inbound connection denied");
+            false
         }
     }
 }

@@ -68,6 +68,26 @@ struct TcpBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecurityLabels {
+    /// mtls, plaintext, plaintext-refused, tls-refused, handshake-failed
+    security: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthzLabels {
+    policy: String,
+    rule: String,
+    /// allow, deny, audit-deny
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExtAuthzLabels {
+    /// allow, deny, cached-allow, cached-deny, error-allow (fail open), error-deny (fail closed)
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -94,6 +114,10 @@ pub struct Metrics {
     tcp_bytes: Family<TcpBytesLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     config_info: Family<ConfigLabels, Gauge>,
+    inbound_security: Family<SecurityLabels, Counter>,
+    authz: Family<AuthzLabels, Counter>,
+    ext_authz: Family<ExtAuthzLabels, Counter>,
+    certificate_expiry: Gauge,
     current_version: Mutex<Option<String>>,
 }
 
@@ -140,6 +164,26 @@ impl Metrics {
         );
         registry.register("config_reloads", "Configuration reloads by result", reloads.clone());
         registry.register("config_info", "The running configuration version (value 1)", config_info.clone());
+        let inbound_security = Family::default();
+        let authz = Family::default();
+        let ext_authz = Family::default();
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "inbound_connections",
+            "Inbound connections by transport security (mtls, plaintext, or why refused)",
+            inbound_security.clone(),
+        );
+        registry.register(
+            "authz_decisions",
+            "Authorization decisions on inbound requests and connections, by policy and rule",
+            authz.clone(),
+        );
+        registry.register("ext_authz_checks", "External authorization outcomes, incl. cache hits", ext_authz.clone());
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the workload certificate expires (unix seconds; 0 without one)",
+            certificate_expiry.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -153,6 +197,10 @@ impl Metrics {
             tcp_bytes,
             reloads,
             config_info,
+            inbound_security,
+            authz,
+            ext_authz,
+            certificate_expiry,
             current_version: Mutex::new(None),
         }
     }
@@ -204,6 +252,22 @@ impl Metrics {
             .get_or_create(&TcpBytesLabels { direction, service: service.clone(), flow: "sent" })
             .inc_by(sent);
         self.tcp_bytes.get_or_create(&TcpBytesLabels { direction, service, flow: "received" }).inc_by(received);
+    }
+
+    pub fn inbound_connection(&self, security: &'static str) {
+        self.inbound_security.get_or_create(&SecurityLabels { security }).inc();
+    }
+
+    pub fn authz_decision(&self, policy: &str, rule: &str, decision: &'static str) {
+        self.authz.get_or_create(&AuthzLabels { policy: policy.into(), rule: rule.into(), decision }).inc();
+    }
+
+    pub fn ext_authz(&self, outcome: &'static str) {
+        self.ext_authz.get_or_create(&ExtAuthzLabels { outcome }).inc();
+    }
+
+    pub fn certificate_expiry(&self, unix: i64) {
+        self.certificate_expiry.set(unix);
     }
 
     pub fn reload(&self, ok: bool) {

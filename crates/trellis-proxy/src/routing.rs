@@ -14,19 +14,19 @@ pub struct RouteMatcher {
     query: Vec<(String, Value)>,
 }
 
-enum Text {
+pub(crate) enum Text {
     Exact(String),
     Prefix(String),
     Regex(regex::Regex),
 }
 
-enum Value {
+pub(crate) enum Value {
     Text(Text),
     Present(bool),
 }
 
 impl Text {
-    fn new(m: &StringMatch) -> anyhow::Result<Text> {
+    pub(crate) fn new(m: &StringMatch) -> anyhow::Result<Text> {
         Ok(match m {
             StringMatch::Exact(s) => Text::Exact(s.clone()),
             StringMatch::Prefix(s) => Text::Prefix(s.clone()),
@@ -34,7 +34,7 @@ impl Text {
         })
     }
 
-    fn matches(&self, value: &str) -> bool {
+    pub(crate) fn matches(&self, value: &str) -> bool {
         match self {
             Text::Exact(s) => value == s,
             Text::Prefix(p) => value.starts_with(p.as_str()),
@@ -44,7 +44,7 @@ impl Text {
 }
 
 impl Value {
-    fn new(m: &ValueMatch) -> anyhow::Result<Value> {
+    pub(crate) fn new(m: &ValueMatch) -> anyhow::Result<Value> {
         Ok(match m {
             ValueMatch::Exact(s) => Value::Text(Text::Exact(s.clone())),
             ValueMatch::Match(m) => Value::Text(Text::new(m)?),
@@ -52,7 +52,7 @@ impl Value {
         })
     }
 
-    fn matches(&self, value: Option<&str>) -> bool {
+    pub(crate) fn matches(&self, value: Option<&str>) -> bool {
         match (self, value) {
             (Value::Present(want), v) => v.is_some() == *want,
             (Value::Text(t), Some(v)) => t.matches(v),

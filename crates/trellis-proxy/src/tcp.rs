@@ -1,7 +1,8 @@
 //! Opaque TCP: connections the proxy carries byte for byte, balanced per connection.
 
 use crate::Shared;
-use crate::upstream::Connector;
+use crate::identity::Carried;
+use crate::upstream::{Connector, UpstreamError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,8 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let config = shared.config();
-    let (addr, label, connect_timeout, stats) = match destination {
-        TcpDestination::Address(addr) => (addr, addr.to_string(), Duration::from_secs(1), None),
+    let (addr, label, connect_timeout, stats, peer) = match destination {
+        TcpDestination::Address(addr) => (addr, addr.to_string(), Duration::from_secs(1), None, None),
         TcpDestination::Service(id) => {
             let Some(service) = config.services.get(&id) else {
                 tracing::info!(service = %id, "opaque connection for an unknown service closed");
@@ -33,17 +34,23 @@ where
                 return;
             };
             let target = &backend.endpoints[index];
-            (target.addr, backend.label.clone(), backend.connect_timeout, Some(target.stats.clone()))
+            let peer = target.identity.clone();
+            (target.addr, backend.label.clone(), backend.connect_timeout, Some(target.stats.clone()), peer)
         }
     };
     drop(config);
     let _in_flight = stats.as_ref().map(|s| s.start());
     let connector: &Connector = shared.runtime.upstreams.connector();
-    let mut upstream = match connector.connect(addr, connect_timeout).await {
+    let mut upstream = match connector.connect_mesh(addr, connect_timeout, peer.as_deref(), Carried::Tcp).await {
         Ok(stream) => stream,
         Err(e) => {
-            tracing::info!(upstream = %label, endpoint = %addr, error = %e, "opaque connection closed: connect-failure");
-            shared.runtime.metrics.proxy_error(direction, "connect-failure");
+            let reason = match e {
+                UpstreamError::Tls(_) => "upstream-tls-failure",
+                UpstreamError::NoIdentity => "no-workload-identity",
+                _ => "connect-failure",
+            };
+            tracing::info!(upstream = %label, endpoint = %addr, error = %e, "opaque connection closed: {reason}");
+            shared.runtime.metrics.proxy_error(direction, reason);
             return;
         }
     };

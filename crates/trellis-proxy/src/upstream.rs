@@ -1,9 +1,12 @@
-//! Connections to upstream endpoints: connecting (with timeout and socket mark), pooling
-//! HTTP/1.1 keep-alive connections, and multiplexing HTTP/2 on one connection per endpoint.
+//! Connections to upstream endpoints: connecting (with timeout and socket mark), mutual TLS
+//! to endpoints with a mesh identity, pooling HTTP/1.1 keep-alive connections, and
+//! multiplexing HTTP/2 on one connection per endpoint.
 //!
-//! Pools are keyed by endpoint address and protocol and outlive configuration reloads.
+//! Pools are keyed by endpoint address and expected peer identity, and outlive
+//! configuration reloads.
 
 use crate::body::Body;
+use crate::identity::{Carried, Identity};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -12,6 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -33,16 +37,63 @@ pub enum UpstreamError {
     ConnectTimeout(Duration),
     #[error("connection reset or closed before a response: {0}")]
     Reset(hyper::Error),
+    #[error("mutual TLS with the endpoint failed: {0}")]
+    Tls(String),
+    #[error("the endpoint requires mutual TLS, but this proxy has no valid workload certificate")]
+    NoIdentity,
 }
 
+/// The SPIFFE ID an endpoint must prove; `None`: plaintext.
+pub type PeerIdentity = Option<Arc<str>>;
+
+/// A connection to an upstream, plain or mesh TLS.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type BoxedIo = Box<dyn Io>;
+
 /// Opens TCP connections for the proxy.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connector {
     /// SO_MARK on upstream sockets so capture rules let them through; 0 = none.
     pub mark: u32,
+    /// Presented to endpoints that require mutual TLS.
+    pub identity: Arc<Identity>,
 }
 
 impl Connector {
+    /// Connects, and when `peer` is set, runs mutual TLS carrying `carried` and checks that
+    /// the endpoint proved exactly `peer`. `timeout` bounds both.
+    pub async fn connect_mesh(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        peer: Option<&str>,
+        carried: Carried,
+    ) -> Result<BoxedIo, UpstreamError> {
+        let started = Instant::now();
+        let Some(peer) = peer else {
+            return Ok(Box::new(self.connect(addr, timeout).await?));
+        };
+        if !self.identity.usable() {
+            return Err(UpstreamError::NoIdentity);
+        }
+        let stream = self.connect(addr, timeout).await?;
+        let connector = tokio_rustls::TlsConnector::from(self.identity.client_config(carried));
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let left = timeout.saturating_sub(started.elapsed());
+        let tls = match tokio::time::timeout(left, connector.connect(name, stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(UpstreamError::Tls(e.to_string())),
+            Err(_) => return Err(UpstreamError::ConnectTimeout(timeout)),
+        };
+        let proved = trellis_identity::tls::peer_identity(tls.get_ref().1);
+        match proved {
+            Some(id) if id.to_string() == peer => Ok(Box::new(tls)),
+            Some(id) => Err(UpstreamError::Tls(format!("the endpoint proved {id}, not the expected {peer}"))),
+            None => Err(UpstreamError::Tls("the endpoint proved no SPIFFE identity".into())),
+        }
+    }
+
     pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
         let socket =
             if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(UpstreamError::Connect)?;
@@ -64,9 +115,11 @@ impl Connector {
 /// All upstream connections of one proxy.
 pub struct Upstreams {
     connector: Connector,
-    http1: Mutex<HashMap<SocketAddr, Arc<Mutex<Vec<IdleConnection>>>>>,
-    http2: Mutex<HashMap<SocketAddr, Http2Slot>>,
+    http1: Mutex<HashMap<PoolKey, Arc<Mutex<Vec<IdleConnection>>>>>,
+    http2: Mutex<HashMap<PoolKey, Http2Slot>>,
 }
+
+type PoolKey = (SocketAddr, PeerIdentity);
 
 /// The one HTTP/2 connection to an endpoint; the async lock makes concurrent first
 /// requests share a single connect.
@@ -91,24 +144,26 @@ impl Upstreams {
     pub async fn send(
         &self,
         addr: SocketAddr,
+        peer: PeerIdentity,
         wire: Wire,
         request: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match wire {
-            Wire::Http1 => self.send_http1(addr, request, connect_timeout).await,
-            Wire::Http2 => self.send_http2(addr, request, connect_timeout).await,
+            Wire::Http1 => self.send_http1((addr, peer), request, connect_timeout).await,
+            Wire::Http2 => self.send_http2((addr, peer), request, connect_timeout).await,
         }
     }
 
     async fn send_http1(
         &self,
-        addr: SocketAddr,
+        key: PoolKey,
         mut request: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let addr = key.0;
         let upgrading = request.headers().contains_key(http::header::UPGRADE);
-        let idle = self.http1.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_default().clone();
+        let idle = self.http1.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         // Reuse a pooled connection if one is alive; a request the pool could not even start
         // on a stale connection is moved to a fresh one.
         if !upgrading {
@@ -125,7 +180,7 @@ impl Upstreams {
                 }
             }
         }
-        let stream = self.connector.connect(addr, connect_timeout).await?;
+        let stream = self.connector.connect_mesh(addr, connect_timeout, key.1.as_deref(), Carried::Http1).await?;
         let (mut sender, connection) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Reset)?;
         tokio::spawn(async move {
@@ -154,18 +209,21 @@ impl Upstreams {
 
     async fn send_http2(
         &self,
-        addr: SocketAddr,
+        key: PoolKey,
         request: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let slot = self.http2.lock().unwrap_or_else(|e| e.into_inner()).entry(addr).or_default().clone();
+        let addr = key.0;
+        let peer = key.1.clone();
+        let slot = self.http2.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
         let mut sender = {
             // One connection per endpoint; concurrent first requests wait for the same connect.
             let mut guard = slot.lock().await;
             match guard.as_ref() {
                 Some(sender) if !sender.is_closed() => sender.clone(),
                 _ => {
-                    let stream = self.connector.connect(addr, connect_timeout).await?;
+                    let stream =
+                        self.connector.connect_mesh(addr, connect_timeout, peer.as_deref(), Carried::Http2).await?;
                     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                         .timer(hyper_util::rt::TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(20))

@@ -55,7 +55,7 @@ impl Element for Forward {
             let grpc = is_grpc(request.headers());
             if let Some(to) = request.extensions().get::<ForwardTo>().cloned() {
                 let wire = to.wire.unwrap_or_else(|| natural_wire(&request));
-                return send(&self.upstreams, to.addr, &to.label, wire, Duration::from_secs(1), request).await;
+                return send(&self.upstreams, to.addr, None, &to.label, wire, Duration::from_secs(1), request).await;
             }
             let (Some(SelectedTarget(target)), Some(SelectedBackend(backend))) = (
                 request.extensions().get::<SelectedTarget>().cloned(),
@@ -65,7 +65,8 @@ impl Element for Forward {
             };
             let upgrading = request.headers().contains_key(header::UPGRADE);
             let wire = if target.meshed && !upgrading { Wire::Http2 } else { natural_wire(&request) };
-            send(&self.upstreams, target.addr, &backend.label, wire, backend.connect_timeout, request).await
+            let peer = target.identity.clone();
+            send(&self.upstreams, target.addr, peer, &backend.label, wire, backend.connect_timeout, request).await
         })
     }
 }
@@ -84,6 +85,7 @@ fn natural_wire<B>(request: &Request<B>) -> Wire {
 pub async fn send(
     upstreams: &Upstreams,
     addr: SocketAddr,
+    peer: crate::upstream::PeerIdentity,
     label: &str,
     wire: Wire,
     connect_timeout: Duration,
@@ -95,7 +97,7 @@ pub async fn send(
     if let Err(e) = prepare(&mut request, wire, upgrading) {
         return ProxyError::new(Reason::BadRequest, e).upstream(label).into_response(grpc);
     }
-    match upstreams.send(addr, wire, request, connect_timeout).await {
+    match upstreams.send(addr, peer, wire, request, connect_timeout).await {
         Ok(mut response) => {
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(client_upgrade) = client_upgrade
@@ -120,6 +122,8 @@ pub async fn send(
                         .into_response(grpc);
                 }
                 UpstreamError::Reset(_) => Reason::UpstreamReset,
+                UpstreamError::Tls(_) => Reason::UpstreamTls,
+                UpstreamError::NoIdentity => Reason::NoIdentity,
             };
             ProxyError::new(reason, e.to_string()).upstream(label).endpoint(addr).into_response(grpc)
         }

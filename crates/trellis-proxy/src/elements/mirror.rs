@@ -92,6 +92,7 @@ impl Element for Mirror {
                     let response = super::forward::send(
                         &upstreams,
                         target.addr,
+                        target.identity.clone(),
                         &backend.label,
                         wire,
                         backend.connect_timeout,

@@ -91,6 +91,8 @@ pub fn run(args: &CompileArgs) -> anyhow::Result<CompileReport> {
             region: "region-1".into(),
             address: if args.not_ready { None } else { Some(plan.address.parse()?) },
             calls: Vec::new(),
+            service_account: String::new(),
+            identity: None,
         };
         registry.connect(&plan.id, workload, !args.not_ready);
     }

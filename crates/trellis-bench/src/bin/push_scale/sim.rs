@@ -176,7 +176,11 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
             region: "region-1".into(),
             address: if shared.ready { plan.address.clone() } else { String::new() },
             calls: Vec::new(),
+            service_account: String::new(),
         }),
+        // Simulated proxies prove no identity: the control plane runs with
+        // --allow-unauthenticated-proxies for this benchmark.
+        identity: None,
         known: HashMap::new(),
         ready: shared.ready,
     };
@@ -235,7 +239,7 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
                 Err(s) => return Err(format!("stream failed: {} {}", s.code(), s.message())),
             },
             _ = ticks.tick() => {
-                let beat = ProxyMessage { kind: Some(Kind::Heartbeat(Heartbeat { ready: shared.ready })) };
+                let beat = ProxyMessage { kind: Some(Kind::Heartbeat(Heartbeat { ready: shared.ready, ..Default::default() })) };
                 tx.send(beat).await.map_err(|_| "the outbound stream closed".to_string())?;
             }
             _ = stop.changed() => return Ok(()),

@@ -354,8 +354,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use tokio::signal::unix::{SignalKind, signal};
-    let ControlArgs { data_dir, listen, push_listen, registry_grace, .. } = &args;
-    let (data_dir, listen, push_listen, registry_grace) = (data_dir.clone(), *listen, *push_listen, *registry_grace);
+    let (data_dir, listen, push_listen) = (args.data_dir.clone(), args.listen, args.push_listen);
     if args.svid_lifetime < std::time::Duration::from_secs(60) {
         anyhow::bail!("--svid-lifetime must be at least 1m (proxies renew at half-life)");
     }
@@ -389,7 +388,7 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for the control-plane API"))?;
-    let registry = Arc::new(trellis_control::registry::Registry::open(&data_dir, registry_grace));
+    let registry = Arc::new(trellis_control::registry::Registry::open(&data_dir, args.registry_grace));
     let snapshots = trellis_control::push::spawn_snapshot_builder(store.clone(), registry.clone(), ca.clone());
     let push_socket = tokio::net::TcpListener::bind(push_listen)
         .await

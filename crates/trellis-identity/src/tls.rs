@@ -136,7 +136,7 @@ pub fn server_config(live: Arc<LiveIdentity>) -> Arc<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3 is supported by the aws-lc-rs provider")
-        .with_client_cert_verifier(Arc::new(ClientVerifier { live: live.clone() }))
+        .with_client_cert_verifier(Arc::new(SpiffeVerifier { live: live.clone() }))
         .with_cert_resolver(Arc::new(Resolver { live }));
     config.alpn_protocols = vec![
         ALPN_MESH_H2.to_vec(),
@@ -154,7 +154,7 @@ pub fn client_config(live: Arc<LiveIdentity>, alpn: &[u8]) -> Arc<rustls::Client
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3 is supported by the aws-lc-rs provider")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServerVerifier { live: live.clone() }))
+        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier { live: live.clone() }))
         .with_client_cert_resolver(Arc::new(Resolver { live }));
     config.alpn_protocols = vec![alpn.to_vec()];
     // Resumption would skip certificate checks against a bundle that may have changed.
@@ -188,12 +188,34 @@ impl rustls::client::ResolvesClientCert for Resolver {
     }
 }
 
+/// Both directions' verifier: the chain must lead to the bundle; the SPIFFE ID is checked
+/// by the caller ([`peer_identity`]) or by authorization.
 #[derive(Debug)]
-struct ClientVerifier {
+struct SpiffeVerifier {
     live: Arc<LiveIdentity>,
 }
 
-impl ClientCertVerifier for ClientVerifier {
+impl SpiffeVerifier {
+    fn signature(
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+        tls13: bool,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &crate::provider().signature_verification_algorithms;
+        if tls13 {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        } else {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        }
+    }
+
+    fn schemes() -> Vec<SignatureScheme> {
+        crate::provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for SpiffeVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -213,7 +235,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        Self::signature(message, cert, dss, false)
     }
 
     fn verify_tls13_signature(
@@ -222,20 +244,15 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        Self::signature(message, cert, dss, true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider().signature_verification_algorithms.supported_schemes()
+        Self::schemes()
     }
 }
 
-#[derive(Debug)]
-struct ServerVerifier {
-    live: Arc<LiveIdentity>,
-}
-
-impl ServerCertVerifier for ServerVerifier {
+impl ServerCertVerifier for SpiffeVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -253,7 +270,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        Self::signature(message, cert, dss, false)
     }
 
     fn verify_tls13_signature(
@@ -262,10 +279,10 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+        Self::signature(message, cert, dss, true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        crate::provider().signature_verification_algorithms.supported_schemes()
+        Self::schemes()
     }
 }

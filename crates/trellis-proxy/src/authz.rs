@@ -13,14 +13,14 @@
 //! The mTLS mode is the service policy's if it sets one, else the namespace policy's, else
 //! permissive.
 
+use crate::chain::PeerIdentity;
 use crate::routing::{Text, Value};
 use std::sync::Arc;
 use trellis_api::{MtlsMode, Policy, PolicyAction};
-use trellis_identity::SpiffeId;
 
 /// What a rule is checked against.
 pub struct Facts<'a> {
-    pub source: Option<&'a SpiffeId>,
+    pub source: Option<&'a PeerIdentity>,
     pub port: u16,
     /// `None` for opaque TCP.
     pub http: Option<&'a http::request::Parts>,
@@ -73,9 +73,8 @@ impl CompiledRule {
         let has_from = !self.identities.is_empty() || !self.namespaces.is_empty();
         if has_from {
             let Some(source) = facts.source else { return false };
-            let id = source.to_string();
-            let by_identity = self.identities.iter().any(|p| p.matches(&id));
-            let by_namespace = self.namespaces.iter().any(|ns| *ns == source.namespace);
+            let by_identity = self.identities.iter().any(|p| p.matches(&source.uri));
+            let by_namespace = self.namespaces.iter().any(|ns| *ns == source.id.namespace);
             if !by_identity && !by_namespace {
                 return false;
             }
@@ -199,7 +198,7 @@ impl Authorizer {
 
 fn audit(facts: &Facts<'_>, policy: &str, rule: &str, metrics: &crate::metrics::Metrics) {
     metrics.authz_decision(policy, rule, "audit-deny");
-    let source = facts.source.map(|s| s.to_string()).unwrap_or_else(|| "plaintext".into());
+    let source = facts.source.map_or("plaintext", |s| s.uri.as_str());
     let (method, path) = facts.http.map(|p| (p.method.to_string(), p.uri.path().to_string())).unwrap_or_default();
     tracing::warn!(%policy, %rule, %source, port = facts.port, %method, %path, "audit: would deny");
 }

@@ -57,6 +57,24 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// Where the client meant to connect (the original destination when captured).
     pub target: SocketAddr,
-    /// The SPIFFE ID the client proved with mutual TLS; `None` for plaintext.
-    pub peer_identity: Option<std::sync::Arc<trellis_identity::SpiffeId>>,
+    /// Who the client proved to be with mutual TLS; `None` for plaintext.
+    pub peer_identity: Option<std::sync::Arc<PeerIdentity>>,
+}
+
+/// A verified client identity, with the forms requests need prepared once per connection.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    pub id: trellis_identity::SpiffeId,
+    /// `spiffe://...`, what rules match and logs print.
+    pub uri: String,
+    /// The same, as the value of the header the application receives.
+    pub header: http::HeaderValue,
+}
+
+impl PeerIdentity {
+    pub fn new(id: trellis_identity::SpiffeId) -> Option<PeerIdentity> {
+        let uri = id.to_string();
+        let header = http::HeaderValue::from_str(&uri).ok()?;
+        Some(PeerIdentity { id, uri, header })
+    }
 }

@@ -404,7 +404,8 @@ async fn handle_update(
             let (next, documents) = apply_update(&current, &update)?;
             let running =
                 shared.install_pushed(documents).map_err(|e| format!("the configuration does not compile: {e}"))?;
-            if let Some(bundle) = next.bundle()? {
+            let bundle_changed = update.upserts.iter().any(|r| r.name == trellis_protocol::TRUST_BUNDLE_RESOURCE);
+            if bundle_changed && let Some(bundle) = next.bundle()? {
                 shared.identity.install_bundle(&bundle)?;
             }
             let saved = if next == current { None } else { next.persist(&dir).err() };

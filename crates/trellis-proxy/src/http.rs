@@ -121,14 +121,12 @@ impl Handler {
         if let crate::authz::Decision::Deny { policy, rule } =
             config.authorizer.check(&facts, &self.shared.runtime.metrics)
         {
-            let caller = source.map(|s| s.to_string()).unwrap_or_else(|| "plaintext".into());
+            let caller = source.map_or("plaintext", |s| s.uri.as_str());
             tracing::info!(%policy, %rule, %caller, method = %parts.method, path = parts.uri.path(), "request denied");
             return Err(ProxyError::new(Reason::Denied, "").rule(&rule));
         }
-        if let Some(id) = source
-            && let Ok(value) = http::HeaderValue::from_str(&id.to_string())
-        {
-            parts.headers.insert(PEER_IDENTITY_HEADER, value);
+        if let Some(peer) = source {
+            parts.headers.insert(PEER_IDENTITY_HEADER, peer.header.clone());
         }
         Ok(Request::from_parts(parts, body))
     }

@@ -249,7 +249,10 @@ pub async fn run(shared: Arc<Shared>, control: ControlSettings, workload: Worklo
         tracing::info!("no join token and no saved certificate: this proxy has no identity and speaks no mTLS");
         return;
     }
-    let requested = match SpiffeId::new("trellis.local", &workload.namespace, workload.service_account()) {
+    // Only a hint in the CSR: the CA writes the identity the proxy proved. The trust domain
+    // is the saved bundle's when there is one.
+    let trust_domain = identity.live.bundle().map_or("trellis.local".to_string(), |b| b.trust_domain().to_string());
+    let requested = match SpiffeId::new(&trust_domain, &workload.namespace, workload.service_account()) {
         Ok(id) => id,
         Err(e) => {
             tracing::error!("the workload cannot have an identity: {e}");

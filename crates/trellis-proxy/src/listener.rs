@@ -9,7 +9,7 @@
 
 use crate::Shared;
 use crate::authz::{Decision, Facts};
-use crate::chain::Connection;
+use crate::chain::{Connection, PeerIdentity};
 use crate::detect::{self, Protocol};
 use crate::http::Side;
 use crate::tcp::{self, TcpDestination};
@@ -204,7 +204,7 @@ where
         }
     };
     let (_, session) = tls.get_ref();
-    let Some(identity) = mesh::peer_identity(session).map(Arc::new) else {
+    let Some(identity) = mesh::peer_identity(session).and_then(PeerIdentity::new).map(Arc::new) else {
         shared.runtime.metrics.inbound_connection("handshake-failed");
         tracing::info!(%peer, "inbound mutual TLS peer presented no SPIFFE ID");
         return;
@@ -246,7 +246,7 @@ where
 /// Connection-level authorization for opaque TCP (HTTP requests are checked one by one).
 fn authorize_connection(
     shared: &Shared,
-    source: Option<&Arc<trellis_identity::SpiffeId>>,
+    source: Option<&Arc<PeerIdentity>>,
     target: SocketAddr,
     peer: SocketAddr,
 ) -> bool {

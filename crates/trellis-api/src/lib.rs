@@ -27,7 +27,10 @@ mod validate;
 pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use parse::{parse_documents, parse_documents_in, parse_file};
-pub use policy::{Action as PolicyAction, MtlsMode, Operation, Policy, PolicyRule, Source, SpiffeId};
+pub use policy::{
+    Action as PolicyAction, AuthorizerUrl, EgressRule, ExternalAuthorization, MtlsMode, Operation, Policy, PolicyRule,
+    Source, SpiffeId, Tenant,
+};
 pub use proxy::{
     ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings,
 };
@@ -45,6 +48,7 @@ pub enum Resource {
     #[serde(rename = "Proxy")]
     Proxy(ProxySettings),
     Policy(Policy),
+    Tenant(Tenant),
 }
 
 impl Resource {
@@ -55,6 +59,8 @@ impl Resource {
             Resource::Endpoints(e) => format!("Endpoints/{}/{}", e.namespace, e.service),
             Resource::Proxy(p) => format!("Proxy/{}", p.name.as_deref().unwrap_or("-")),
             Resource::Policy(p) => format!("Policy/{}/{}", p.namespace, p.name),
+            // Not namespaced: stored and pushed under the namespace `-`.
+            Resource::Tenant(t) => format!("Tenant/-/{}", t.name),
         }
     }
 }
@@ -65,7 +71,7 @@ pub(crate) fn default_namespace() -> String {
 }
 
 /// Kinds accepted in a `kind:` field, listed in errors.
-pub const KINDS: &[&str] = &["Service", "Endpoints", "Policy", "Proxy"];
+pub const KINDS: &[&str] = &["Service", "Endpoints", "Policy", "Tenant", "Proxy"];
 
 #[cfg(test)]
 mod tests;

@@ -55,6 +55,7 @@ pub fn parse_documents_in(text: &str, file: &str, context: &[Resource]) -> Resul
             Ok(Some(Kind::Endpoints)) => typed::<Endpoints>(document, file).map(Resource::Endpoints),
             Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(Resource::Proxy),
             Ok(Some(Kind::Policy)) => typed::<crate::Policy>(document, file).map(Resource::Policy),
+            Ok(Some(Kind::Tenant)) => typed::<crate::Tenant>(document, file).map(Resource::Tenant),
             Err(e) => Err(e),
         }
         .map_err(|e| locate_top_level_key(e, text));
@@ -87,6 +88,7 @@ enum Kind {
     Endpoints,
     Proxy,
     Policy,
+    Tenant,
     Route(RouteKind),
 }
 
@@ -104,6 +106,7 @@ fn kind_of(value: &serde_yaml_ng::Value, file: &str, line: usize) -> Result<Opti
             "Endpoints" => Ok(Some(Kind::Endpoints)),
             "Proxy" => Ok(Some(Kind::Proxy)),
             "Policy" => Ok(Some(Kind::Policy)),
+            "Tenant" => Ok(Some(Kind::Tenant)),
             "HTTPRoute" => Ok(Some(Kind::Route(RouteKind::Http))),
             "GRPCRoute" => Ok(Some(Kind::Route(RouteKind::Grpc))),
             other => Err(error_at(file, line, 1, "kind", format!("unknown kind `{other}`; expected one of {valid}"))),

@@ -67,12 +67,14 @@ fn unknown_kind_and_missing_kind() {
     assert_eq!(
         errors("kind: Sevice\nname: a\n"),
         vec![
-            "t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Policy, Proxy, HTTPRoute, GRPCRoute"
+            "t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Policy, Tenant, Proxy, HTTPRoute, GRPCRoute"
         ]
     );
     assert_eq!(
         errors("---\nname: a\n"),
-        vec!["t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Policy, Proxy, HTTPRoute, GRPCRoute"]
+        vec![
+            "t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Policy, Tenant, Proxy, HTTPRoute, GRPCRoute"
+        ]
     );
 }
 
@@ -182,5 +184,27 @@ fn policies_parse_and_report_mistakes() {
     let errs = errors(&good.replace("action: deny", "action: maybe"));
     assert!(errs[0].contains("rules[1].action: unknown variant `maybe`, expected `allow` or `deny`"), "{errs:?}");
     let errs = errors("kind: Policy\nname: empty\n");
-    assert!(errs[0].contains("sets nothing: give `rules`, `mtls` or `defaultDeny`"), "{errs:?}");
+    assert!(errs[0].contains("sets nothing: give `rules`, `mtls`, `defaultDeny`, `external` or `egress`"), "{errs:?}");
+}
+
+#[test]
+fn tenants_and_external_authorizers_are_checked() {
+    let e = errors(
+        "kind: Tenant\nname: acme\nnamespaces: [shop]\n---\nkind: Tenant\nname: globex\nnamespaces: [billing, shop]\n",
+    );
+    assert!(e.iter().any(|e| e.contains("namespaces[1]") && e.contains("already belongs to tenant `acme`")), "{e:?}");
+    let e = errors("kind: Policy\nname: p\nexternal: {url: 'http://authz.local:9000/check'}\n");
+    assert!(e.iter().any(|e| e.contains("is not IP:PORT") && e.contains("http://127.0.0.1:9000/check")), "{e:?}");
+    let e = errors("kind: Policy\nname: p\negress: [{name: out}]\n");
+    assert!(e.iter().any(|e| e.contains("egress[0]") && e.contains("names no tenant or namespace")), "{e:?}");
+    let docs = parse_documents(
+        "kind: Policy\nname: p\nexternal: {url: 'http://127.0.0.1:9000/check', cacheTtl: 0s, failOpen: true}\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let Resource::Policy(p) = &docs[0] else { panic!() };
+    let external = p.external.as_ref().unwrap();
+    assert_eq!(external.url.parts(), ("127.0.0.1:9000".parse().unwrap(), "/check"));
+    assert_eq!(external.name, "external");
+    assert!(external.fail_open && external.cache_ttl.get().is_zero());
 }

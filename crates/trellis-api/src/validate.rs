@@ -30,6 +30,16 @@ pub(crate) fn validate_located(
             _ => None,
         })
         .collect();
+    // Which tenant each namespace belongs to; new Tenant documents replace stored ones.
+    let replaced: BTreeSet<String> = resources.iter().map(Resource::key).collect();
+    let mut tenant_of: BTreeMap<String, String> = BTreeMap::new();
+    for r in context.iter().filter(|r| !replaced.contains(&r.key())) {
+        if let Resource::Tenant(t) = r {
+            for ns in &t.namespaces {
+                tenant_of.insert(ns.clone(), t.name.0.clone());
+            }
+        }
+    }
     let mut seen = BTreeSet::new();
     let mut proxies = 0;
     for (index, resource) in resources.iter().enumerate() {
@@ -42,6 +52,21 @@ pub(crate) fn validate_located(
             Resource::Service(service) => v.service(service, &services),
             Resource::Endpoints(_) => {}
             Resource::Policy(policy) => v.policy(policy),
+            Resource::Tenant(tenant) => {
+                if tenant.namespaces.is_empty() {
+                    v.error("namespaces", "lists no namespace; a tenant groups at least one".into());
+                }
+                for (i, ns) in tenant.namespaces.iter().enumerate() {
+                    if let Some(other) = tenant_of.insert(ns.clone(), tenant.name.0.clone())
+                        && other != tenant.name.0
+                    {
+                        v.error(
+                            &format!("namespaces[{i}]"),
+                            format!("namespace `{ns}` already belongs to tenant `{other}`; a namespace has one tenant"),
+                        );
+                    }
+                }
+            }
             Resource::Proxy(proxy) => {
                 proxies += 1;
                 if proxies > 1 {
@@ -303,15 +328,46 @@ impl Validator<'_> {
                     self.header_name(&format!("{at}.to.headers"), name);
                 }
             }
-            if rule.from.as_ref().is_some_and(|f| f.identities.is_empty() && f.namespaces.is_empty()) {
+            if rule
+                .from
+                .as_ref()
+                .is_some_and(|f| f.identities.is_empty() && f.namespaces.is_empty() && f.tenants.is_empty())
+            {
                 self.error(
                     &format!("{at}.from"),
-                    "names no identity or namespace; omit `from` to match every caller".into(),
+                    "names no identity, namespace or tenant; omit `from` to match every caller".into(),
                 );
             }
         }
-        if policy.rules.is_empty() && policy.mtls.is_none() && !policy.default_deny {
-            self.error("", "sets nothing: give `rules`, `mtls` or `defaultDeny`".into());
+        if let Some(external) = &policy.external {
+            if external.name.is_empty() || !names.insert(external.name.clone()) {
+                self.error(
+                    "external.name",
+                    format!("`{}` must be non-empty and differ from the rules' names", external.name),
+                );
+            }
+            if external.timeout.get().is_zero() {
+                self.error("external.timeout", "must be more than 0s".into());
+            }
+        }
+        for (i, egress) in policy.egress.iter().enumerate() {
+            if egress.name.is_empty() {
+                self.error(
+                    &format!("egress[{i}].name"),
+                    "must not be empty: refused callers are told the rule's name".into(),
+                );
+            }
+            if egress.tenants.is_empty() && egress.namespaces.is_empty() {
+                self.error(&format!("egress[{i}]"), "names no tenant or namespace to allow".into());
+            }
+        }
+        let sets_nothing = policy.rules.is_empty()
+            && policy.mtls.is_none()
+            && !policy.default_deny
+            && policy.external.is_none()
+            && policy.egress.is_empty();
+        if sets_nothing {
+            self.error("", "sets nothing: give `rules`, `mtls`, `defaultDeny`, `external` or `egress`".into());
         }
     }
 

@@ -20,7 +20,7 @@ pub fn parse_target(target: &str, namespace: &str) -> anyhow::Result<(String, St
         .split_once('/')
         .ok_or_else(|| anyhow::anyhow!("`{target}`: expected KIND/NAME, e.g. service/reviews"))?;
     let kind = canonical_kind(kind)?;
-    let namespace = if kind == "Proxy" { "-".to_string() } else { namespace.to_string() };
+    let namespace = if kind == "Proxy" || kind == "Tenant" { "-".to_string() } else { namespace.to_string() };
     Ok((kind, namespace, name.to_string()))
 }
 
@@ -30,7 +30,8 @@ pub fn canonical_kind(kind: &str) -> anyhow::Result<String> {
         "endpoints" | "endpoint" | "ep" => Ok("Endpoints".into()),
         "proxy" | "proxies" => Ok("Proxy".into()),
         "policy" | "policies" | "pol" => Ok("Policy".into()),
-        other => anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, policy, proxy"),
+        "tenant" | "tenants" => Ok("Tenant".into()),
+        other => anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, policy, tenant, proxy"),
     }
 }
 

@@ -3,138 +3,16 @@
 //! inbound port is probed with curl and openssl as outsiders: no certificate, another CA's
 //! certificate, an expired one, and mesh certificates of identities the policy does not allow.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::{Mesh, http_status, wait_until};
 use trellis_identity::authority::OffsetDateTime;
 use trellis_identity::{Signer, SpiffeId};
 use trellis_testkit::backend::spawn_backend;
 use trellis_testkit::http::free_port;
-use trellis_testkit::process::{ChildProcess, cargo_bin};
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Mesh {
-    dir: Dir,
-    api: u16,
-    push: u16,
-    token: String,
-    control: Option<ChildProcess>,
-}
-
-impl Mesh {
-    fn start(name: &str, svid_lifetime: &str) -> Mesh {
-        let dir = Dir(std::env::temp_dir().join(format!("trellis-{name}-{}", std::process::id())));
-        let _ = std::fs::remove_dir_all(&dir.0);
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let (api, push) = (free_port(), free_port());
-        let mut mesh = Mesh { dir, api, push, token: String::new(), control: None };
-        mesh.start_control(svid_lifetime);
-        mesh.token = std::fs::read_to_string(mesh.data().join("admin.token")).unwrap().trim().to_string();
-        mesh
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.0.join("data")
-    }
-
-    fn start_control(&mut self, svid_lifetime: &str) {
-        let mut cmd = Command::new(cargo_bin("trellis"));
-        cmd.args(["control", "--listen", &format!("127.0.0.1:{}", self.api)])
-            .args(["--push-listen", &format!("127.0.0.1:{}", self.push), "--svid-lifetime", svid_lifetime])
-            .arg("--data-dir")
-            .arg(self.data());
-        let mut child = ChildProcess::spawn(cmd).unwrap();
-        child.wait_for_line("control plane listening on ", Duration::from_secs(20)).unwrap();
-        self.control = Some(child);
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(cargo_bin("trellis"))
-            .args(args)
-            .env("TRELLIS_SERVER", format!("http://127.0.0.1:{}", self.api))
-            .env("TRELLIS_TOKEN", &self.token)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "trellis {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let file = self.dir.0.join(format!("apply-{}.yaml", rand_suffix()));
-        std::fs::write(&file, yaml).unwrap();
-        self.cli(&["apply", "-f", file.to_str().unwrap()]);
-    }
-
-    /// A join token for `namespace`/`account`, written to a file.
-    fn join_token(&self, name: &str, namespace: &str, account: &str) -> PathBuf {
-        let token = self.cli(&[
-            "token",
-            "create",
-            name,
-            "--role",
-            "join",
-            "--namespace",
-            namespace,
-            "--service-account",
-            account,
-            "--ttl",
-            "10m",
-            "--single-use",
-        ]);
-        let file = self.dir.0.join(format!("{name}.token"));
-        std::fs::write(&file, token.trim()).unwrap();
-        file
-    }
-
-    fn proxy(&self, name: &str, body: &str) -> (ChildProcess, u16) {
-        let admin = free_port();
-        let yaml = format!(
-            "kind: Proxy\nadmin: '127.0.0.1:{admin}'\ncontrol: {{url: 'http://127.0.0.1:{}', stateDir: '{}', proxyId: {name}, joinTokenFile: '{}'}}\n{body}",
-            self.push,
-            self.dir.0.join(format!("state-{name}")).display(),
-            self.dir.0.join(format!("{name}.token")).display(),
-        );
-        let file = self.dir.0.join(format!("{name}.yaml"));
-        std::fs::write(&file, yaml).unwrap();
-        let mut cmd = Command::new(cargo_bin("trellis"));
-        cmd.args(["proxy", "-c"]).arg(&file).env("TRELLIS_LOG", "info");
-        (ChildProcess::spawn(cmd).unwrap(), admin)
-    }
-
-    /// The mesh CA's signer, read from the data directory as an operator with disk access could.
-    fn signer(&self) -> Signer {
-        let state: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(self.data().join("ca/state.json")).unwrap()).unwrap();
-        let active = state["active"].as_str().unwrap();
-        let root = state["roots"].as_array().unwrap().iter().find(|r| r["fingerprint"] == active).unwrap();
-        let key = std::fs::read_to_string(self.data().join(format!("ca/{active}.key"))).unwrap();
-        Signer::from_pem("trellis.local", root["cert_pem"].as_str().unwrap(), &key, "").unwrap()
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn http_status(url: &str) -> Option<u16> {
-    let out =
-        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3", url]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).parse().ok()
-}
 
 /// A certificate and key as files: `name.pem`, `name.key`.
 fn write_pair(dir: &Path, name: &str, chain: &str, key: &str) -> (PathBuf, PathBuf) {

@@ -8,7 +8,7 @@
 //! mirrors). Each service travels as its `Service` document and one `Endpoints` document
 //! that merges the static endpoints in the store with the ready registered workloads, each
 //! piece versioned by its content hash. Policies go to the proxies of the workloads they
-//! cover.
+//! cover; tenants and the trust bundle to every proxy.
 
 use crate::registry::Registry;
 use crate::store::Stored;
@@ -31,6 +31,8 @@ pub struct Snapshot {
     endpoints: BTreeMap<ServiceKey, (String, Piece)>,
     /// (name, piece, namespace, service it is limited to)
     policies: Vec<(String, Piece, String, Option<String>)>,
+    /// Every proxy needs every tenant: callers check egress, callees check callers.
+    tenants: Vec<(String, Piece)>,
     /// The store revision this snapshot was built from.
     pub revision: u64,
     /// The CA's roots and signer, sent to every proxy.
@@ -67,6 +69,7 @@ impl Snapshot {
                     let piece = piece_of(&Resource::Policy(p.clone()));
                     snapshot.policies.push((name, piece, p.namespace.clone(), p.service.as_ref().map(|s| s.0.clone())));
                 }
+                Resource::Tenant(t) => snapshot.tenants.push((name, piece_of(&Resource::Tenant(t)))),
                 Resource::Proxy(_) => {}
             }
         }
@@ -145,6 +148,7 @@ impl Snapshot {
         if let Some(bundle) = &self.bundle {
             out.insert(trellis_protocol::TRUST_BUNDLE_RESOURCE.to_string(), bundle.clone());
         }
+        out.extend(self.tenants.iter().cloned());
         // Policies are enforced where traffic arrives: those of its own namespace that
         // cover the whole namespace or its own service.
         for (name, piece, ns, service) in &self.policies {

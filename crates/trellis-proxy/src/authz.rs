@@ -12,11 +12,22 @@
 //! identity); rules with HTTP conditions (methods, paths, headers) never match opaque TCP.
 //! The mTLS mode is the service policy's if it sets one, else the namespace policy's, else
 //! permissive.
+//!
+//! Tenants (`kind: Tenant`): a caller from another tenant than this workload's is admitted
+//! only by an allow rule whose `from` names it (identity, namespace or tenant) — a rule for
+//! every caller does not open a tenant boundary — else refused by the rule `cross-tenant`.
+//! On the calling side, [`Authorizer::egress`] refuses calls into another tenant unless a
+//! policy of the caller's namespace lists it under `egress`. A namespace in no tenant counts
+//! as a tenant of its own for this.
 
 use crate::chain::PeerIdentity;
 use crate::routing::{Text, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
-use trellis_api::{MtlsMode, Policy, PolicyAction};
+use trellis_api::{EgressRule, MtlsMode, Policy, PolicyAction, Tenant};
+
+/// The rule name given to refusals at a tenant boundary.
+pub const CROSS_TENANT: &str = "cross-tenant";
 
 /// What a rule is checked against.
 pub struct Facts<'a> {
@@ -43,6 +54,7 @@ struct CompiledRule {
     audit: bool,
     identities: Vec<IdentityPattern>,
     namespaces: Vec<String>,
+    tenants: Vec<String>,
     ports: Vec<u16>,
     methods: Vec<http::Method>,
     paths: Vec<Text>,
@@ -69,13 +81,17 @@ impl CompiledRule {
         !self.methods.is_empty() || !self.paths.is_empty() || !self.headers.is_empty()
     }
 
-    fn matches(&self, facts: &Facts<'_>) -> bool {
-        let has_from = !self.identities.is_empty() || !self.namespaces.is_empty();
-        if has_from {
+    fn has_from(&self) -> bool {
+        !self.identities.is_empty() || !self.namespaces.is_empty() || !self.tenants.is_empty()
+    }
+
+    fn matches(&self, facts: &Facts<'_>, source_tenant: Option<&str>) -> bool {
+        if self.has_from() {
             let Some(source) = facts.source else { return false };
             let by_identity = self.identities.iter().any(|p| p.matches(&source.uri));
             let by_namespace = self.namespaces.iter().any(|ns| *ns == source.id.namespace);
-            if !by_identity && !by_namespace {
+            let by_tenant = source_tenant.is_some_and(|t| self.tenants.iter().any(|want| want == t));
+            if !by_identity && !by_namespace && !by_tenant {
                 return false;
             }
         }
@@ -100,12 +116,31 @@ pub struct Authorizer {
     rules: Vec<CompiledRule>,
     /// Policies that set `defaultDeny`: (name, audit).
     default_deny: Vec<(Arc<str>, bool)>,
+    /// Namespace → tenant, for every tenant.
+    tenant_of: HashMap<String, String>,
+    own_tenant: Option<String>,
+    /// Egress rules of the covering policies: (policy, rule).
+    egress: Vec<(Arc<str>, EgressRule)>,
+    /// Asked once the rules allow; the service's policy's if it names one, else the namespace's.
+    external: Option<crate::ext_authz::ExternalCheck>,
 }
 
 impl Authorizer {
     /// Compiles the policies covering `service` in `namespace` (others are ignored).
-    pub fn compile(policies: &[&Policy], namespace: &str, service: Option<&str>) -> anyhow::Result<Authorizer> {
+    pub fn compile(
+        policies: &[&Policy],
+        tenants: &[&Tenant],
+        namespace: &str,
+        service: Option<&str>,
+        decisions: &crate::ext_authz::DecisionCaches,
+    ) -> anyhow::Result<Authorizer> {
         let mut authorizer = Authorizer::default();
+        for tenant in tenants {
+            for ns in &tenant.namespaces {
+                authorizer.tenant_of.insert(ns.clone(), tenant.name.0.clone());
+            }
+        }
+        authorizer.own_tenant = authorizer.tenant_of.get(namespace).cloned();
         let covering: Vec<&&Policy> = policies
             .iter()
             .filter(|p| p.namespace == namespace && p.service.as_ref().is_none_or(|s| Some(s.0.as_str()) == service))
@@ -114,11 +149,19 @@ impl Authorizer {
         let service_mode = covering.iter().filter(|p| p.service.is_some()).find_map(|p| p.mtls);
         let namespace_mode = covering.iter().filter(|p| p.service.is_none()).find_map(|p| p.mtls);
         authorizer.mtls = service_mode.or(namespace_mode);
+        let external = covering
+            .iter()
+            .filter(|p| p.service.is_some())
+            .chain(covering.iter().filter(|p| p.service.is_none()))
+            .find_map(|p| p.external.as_ref().map(|e| (p.name.0.as_str(), e)));
+        authorizer.external =
+            external.map(|(policy, spec)| crate::ext_authz::ExternalCheck::new(policy, spec, decisions));
         for policy in covering {
             let name: Arc<str> = Arc::from(policy.name.0.as_str());
             if policy.default_deny {
                 authorizer.default_deny.push((name.clone(), policy.audit));
             }
+            authorizer.egress.extend(policy.egress.iter().map(|e| (name.clone(), e.clone())));
             for rule in &policy.rules {
                 let from = rule.from.clone().unwrap_or_default();
                 let to = rule.to.clone().unwrap_or_default();
@@ -136,6 +179,7 @@ impl Authorizer {
                         })
                         .collect(),
                     namespaces: from.namespaces.clone(),
+                    tenants: from.tenants.clone(),
                     ports: to.ports.clone(),
                     methods: to
                         .methods
@@ -161,8 +205,17 @@ impl Authorizer {
         self.mtls.unwrap_or(MtlsMode::Permissive)
     }
 
+    pub fn external(&self) -> Option<&crate::ext_authz::ExternalCheck> {
+        self.external.as_ref()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.default_deny.is_empty()
+        self.rules.is_empty() && self.default_deny.is_empty() && self.tenant_of.is_empty()
+    }
+
+    /// Whether `a` and `b` are namespaces of different tenants.
+    fn crosses(&self, a: &str, b: Option<&str>) -> bool {
+        self.tenant_of.get(a).map(String::as_str) != b
     }
 
     /// Decides, counting the decision in `metrics` by policy and rule.
@@ -170,9 +223,13 @@ impl Authorizer {
         if self.is_empty() {
             return Decision::Allow;
         }
+        let source_tenant = facts.source.and_then(|s| self.tenant_of.get(&s.id.namespace)).map(String::as_str);
+        let cross_tenant = facts
+            .source
+            .is_some_and(|s| !self.tenant_of.is_empty() && self.crosses(&s.id.namespace, self.own_tenant.as_deref()));
         // Enforced denials first; an audit-mode denial is only noted, and evaluation goes on
         // as if that policy were not there.
-        for rule in self.rules.iter().filter(|r| r.deny && r.matches(facts)) {
+        for rule in self.rules.iter().filter(|r| r.deny && r.matches(facts, source_tenant)) {
             if rule.audit {
                 audit(facts, &rule.policy, &rule.name, metrics);
                 continue;
@@ -180,9 +237,14 @@ impl Authorizer {
             metrics.authz_decision(&rule.policy, &rule.name, "deny");
             return Decision::Deny { policy: rule.policy.to_string(), rule: rule.name.clone() };
         }
-        if let Some(rule) = self.rules.iter().find(|r| !r.deny && r.matches(facts)) {
+        let admits = |r: &&CompiledRule| !r.deny && (!cross_tenant || r.has_from()) && r.matches(facts, source_tenant);
+        if let Some(rule) = self.rules.iter().find(admits) {
             metrics.authz_decision(&rule.policy, &rule.name, "allow");
             return Decision::Allow;
+        }
+        if cross_tenant {
+            metrics.authz_decision("tenancy", CROSS_TENANT, "deny");
+            return Decision::Deny { policy: "tenancy".into(), rule: CROSS_TENANT.into() };
         }
         for (policy, audit_only) in &self.default_deny {
             if *audit_only {
@@ -193,6 +255,30 @@ impl Authorizer {
             return Decision::Deny { policy: policy.to_string(), rule: "default-deny".into() };
         }
         Decision::Allow
+    }
+}
+
+impl Authorizer {
+    /// Caller side: may this workload call into `namespace`? Free within its tenant; across
+    /// tenants only with an `egress` rule naming the other tenant or namespace.
+    pub fn egress(&self, namespace: &str, metrics: &crate::metrics::Metrics) -> Decision {
+        if self.tenant_of.is_empty() || !self.crosses(namespace, self.own_tenant.as_deref()) {
+            return Decision::Allow;
+        }
+        let tenant = self.tenant_of.get(namespace);
+        let allowed = self.egress.iter().find(|(_, rule)| {
+            rule.namespaces.iter().any(|ns| ns == namespace) || tenant.is_some_and(|t| rule.tenants.contains(t))
+        });
+        match allowed {
+            Some((policy, rule)) => {
+                metrics.authz_decision(policy, &rule.name, "allow");
+                Decision::Allow
+            }
+            None => {
+                metrics.authz_decision("tenancy", CROSS_TENANT, "deny");
+                Decision::Deny { policy: "tenancy".into(), rule: CROSS_TENANT.into() }
+            }
+        }
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Runtime {
     pub upstreams: Arc<Upstreams>,
     pub endpoints: EndpointRegistry,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// External authorizers' decision caches, kept across reloads.
+    pub decisions: crate::ext_authz::DecisionCaches,
 }
 
 /// A configuration ready to serve.
@@ -118,10 +120,12 @@ impl RunningConfig {
         let mut specs: BTreeMap<ServiceId, Service> = BTreeMap::new();
         let mut endpoint_lists: HashMap<ServiceId, Endpoints> = HashMap::new();
         let mut policies = Vec::new();
+        let mut tenants = Vec::new();
         for doc in &documents {
             match doc {
                 Resource::Proxy(p) => settings = p.clone(),
                 Resource::Policy(p) => policies.push(p),
+                Resource::Tenant(t) => tenants.push(t),
                 Resource::Service(s) => {
                     specs.insert(service_id(&s.name, &s.namespace), s.clone());
                 }
@@ -183,7 +187,13 @@ impl RunningConfig {
             Some(w) => (w.namespace.clone(), Some(w.service.0.clone())),
             None => ("default".to_string(), None),
         };
-        let authorizer = Arc::new(crate::authz::Authorizer::compile(&policies, &namespace, own_service.as_deref())?);
+        let authorizer = Arc::new(crate::authz::Authorizer::compile(
+            &policies,
+            &tenants,
+            &namespace,
+            own_service.as_deref(),
+            &runtime.decisions,
+        )?);
         Ok(RunningConfig { version, documents, settings, services, by_address, by_ip, by_host, authorizer })
     }
 

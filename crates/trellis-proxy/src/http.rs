@@ -107,9 +107,10 @@ struct Handler {
 pub const PEER_IDENTITY_HEADER: &str = "x-trellis-peer-identity";
 
 impl Handler {
-    /// Inbound authorization: the request, marked with the caller's identity, or the error
-    /// naming the rule that denied it (never the policy's contents).
-    fn authorize(
+    /// Inbound authorization — the policies' rules, then the external authorizer if one is
+    /// set: the request, marked with the caller's identity, or the error naming the rule that
+    /// denied it (never the policy's contents).
+    async fn authorize(
         &self,
         config: &crate::config::RunningConfig,
         request: Request<Body>,
@@ -117,18 +118,46 @@ impl Handler {
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(PEER_IDENTITY_HEADER);
         let source = self.connection.peer_identity.as_deref();
+        let caller = source.map_or("plaintext", |s| s.uri.as_str());
+        let metrics = &self.shared.runtime.metrics;
         let facts = crate::authz::Facts { source, port: self.connection.target.port(), http: Some(&parts) };
-        if let crate::authz::Decision::Deny { policy, rule } =
-            config.authorizer.check(&facts, &self.shared.runtime.metrics)
-        {
-            let caller = source.map_or("plaintext", |s| s.uri.as_str());
+        if let crate::authz::Decision::Deny { policy, rule } = config.authorizer.check(&facts, metrics) {
             tracing::info!(%policy, %rule, %caller, method = %parts.method, path = parts.uri.path(), "request denied");
             return Err(ProxyError::new(Reason::Denied, "").rule(&rule));
+        }
+        if let Some(external) = config.authorizer.external() {
+            let upstreams = &self.shared.runtime.upstreams;
+            if let Err(denied) = external.check(upstreams, source, &parts, metrics).await {
+                tracing::info!(%caller, method = %parts.method, path = parts.uri.path(), "request denied by the external authorizer");
+                return Err(denied);
+            }
         }
         if let Some(peer) = source {
             parts.headers.insert(PEER_IDENTITY_HEADER, peer.header.clone());
         }
         Ok(Request::from_parts(parts, body))
+    }
+
+    /// A request to a mesh service: checked at the tenant boundary, then its route's chain.
+    /// Returns (service, route, response) for metrics and logs.
+    async fn to_service(
+        &self,
+        config: &crate::config::RunningConfig,
+        svc: &crate::config::ServiceConfig,
+        request: Request<Body>,
+        grpc: bool,
+    ) -> (String, String, Response<Body>) {
+        let route = svc.route_for(&request);
+        let decision = config.authorizer.egress(&svc.spec.namespace, &self.shared.runtime.metrics);
+        if let crate::authz::Decision::Deny { rule, .. } = decision {
+            tracing::info!(service = %svc.id, %rule, "call into another tenant refused");
+            return (
+                svc.id.clone(),
+                route.name.clone(),
+                ProxyError::new(Reason::Denied, "").rule(&rule).into_response(grpc),
+            );
+        }
+        (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
@@ -151,7 +180,7 @@ impl Handler {
         let (service_label, route_label, response) = match &self.side {
             Side::Inbound { app } => {
                 let label = config.settings.name.clone().unwrap_or_else(|| "app".into());
-                match self.authorize(&config, request) {
+                match self.authorize(&config, request).await {
                     Err(denied) => (label, "inbound".to_string(), denied.into_response(grpc)),
                     Ok(mut request) => {
                         // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
@@ -163,10 +192,7 @@ impl Handler {
                 }
             }
             Side::Explicit { service } => match config.service_named(service) {
-                Some(svc) => {
-                    let route = svc.route_for(&request);
-                    (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
-                }
+                Some(svc) => self.to_service(&config, svc, request, grpc).await,
                 None => (
                     service.clone(),
                     String::new(),
@@ -181,10 +207,7 @@ impl Handler {
                     .or_else(|| config.service_for_authority(&crate::routing::authority_of(&request)))
                     .cloned();
                 match svc {
-                    Some(svc) => {
-                        let route = svc.route_for(&request);
-                        (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
-                    }
+                    Some(svc) => self.to_service(&config, &svc, request, grpc).await,
                     None if self.connection.target != *listener => {
                         // Not a mesh service: pass through to where the client was going.
                         request.extensions_mut().insert(ForwardTo {

@@ -22,6 +22,7 @@ pub mod control_client;
 pub mod detect;
 pub mod elements;
 pub mod errors;
+pub mod ext_authz;
 pub mod http;
 pub mod identity;
 pub mod listener;
@@ -216,8 +217,12 @@ impl Proxy {
         let identity = Arc::new(identity::Identity::default());
         let upstreams =
             Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark, identity: identity.clone() }));
-        let runtime =
-            Runtime { upstreams: upstreams.clone(), endpoints: EndpointRegistry::default(), metrics: metrics.clone() };
+        let runtime = Runtime {
+            upstreams: upstreams.clone(),
+            endpoints: EndpointRegistry::default(),
+            metrics: metrics.clone(),
+            decisions: Default::default(),
+        };
         let running = RunningConfig::compile(documents.clone(), &runtime)?;
         metrics.config_version(&running.version);
         let access_log = match &settings.access_log {

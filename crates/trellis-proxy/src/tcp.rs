@@ -1,6 +1,7 @@
 //! Opaque TCP: connections the proxy carries byte for byte, balanced per connection.
 
 use crate::Shared;
+use crate::authz::Decision;
 use crate::identity::Carried;
 use crate::upstream::{Connector, UpstreamError};
 use std::net::SocketAddr;
@@ -27,6 +28,12 @@ where
                 tracing::info!(service = %id, "opaque connection for an unknown service closed");
                 return;
             };
+            if let Decision::Deny { rule, .. } =
+                config.authorizer.egress(&service.spec.namespace, &shared.runtime.metrics)
+            {
+                tracing::info!(service = %id, %rule, "opaque connection into another tenant refused");
+                return;
+            }
             let backend = &service.all;
             let Some(index) = backend.balancer.pick(None, &|_| false) else {
                 tracing::info!(service = %id, "opaque connection closed: no-healthy-endpoints");

@@ -30,6 +30,7 @@ impl ResourceKey {
             Resource::Endpoints(e) => ResourceKey::new("Endpoints", e.namespace.as_str(), e.service.0.as_str()),
             Resource::Proxy(p) => ResourceKey::new("Proxy", "-", p.name.as_deref().unwrap_or("-")),
             Resource::Policy(p) => ResourceKey::new("Policy", p.namespace.as_str(), p.name.0.as_str()),
+            Resource::Tenant(t) => ResourceKey::new("Tenant", "-", t.name.0.as_str()),
         }
     }
 }

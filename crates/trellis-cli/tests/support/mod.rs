@@ -1,0 +1,159 @@
+//! Shared by the identity tests: a control plane in a temporary directory, proxies that
+//! join it with tokens, and small HTTP helpers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use trellis_identity::Signer;
+use trellis_testkit::http::free_port;
+use trellis_testkit::process::{ChildProcess, cargo_bin};
+
+pub struct Dir(pub PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Mesh {
+    pub dir: Dir,
+    pub api: u16,
+    pub push: u16,
+    pub token: String,
+    pub control: Option<ChildProcess>,
+}
+
+impl Mesh {
+    pub fn start(name: &str, svid_lifetime: &str) -> Mesh {
+        let dir = Dir(std::env::temp_dir().join(format!("trellis-{name}-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let (api, push) = (free_port(), free_port());
+        let mut mesh = Mesh { dir, api, push, token: String::new(), control: None };
+        mesh.start_control(svid_lifetime);
+        mesh.token = std::fs::read_to_string(mesh.data().join("admin.token")).unwrap().trim().to_string();
+        mesh
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
+    pub fn start_control(&mut self, svid_lifetime: &str) {
+        let mut cmd = Command::new(cargo_bin("trellis"));
+        cmd.args(["control", "--listen", &format!("127.0.0.1:{}", self.api)])
+            .args(["--push-listen", &format!("127.0.0.1:{}", self.push), "--svid-lifetime", svid_lifetime])
+            .arg("--data-dir")
+            .arg(self.data());
+        let mut child = ChildProcess::spawn(cmd).unwrap();
+        child.wait_for_line("control plane listening on ", Duration::from_secs(20)).unwrap();
+        self.control = Some(child);
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(cargo_bin("trellis"))
+            .args(args)
+            .env("TRELLIS_SERVER", format!("http://127.0.0.1:{}", self.api))
+            .env("TRELLIS_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "trellis {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let file = self.dir.0.join(format!("apply-{}.yaml", rand_suffix()));
+        std::fs::write(&file, yaml).unwrap();
+        self.cli(&["apply", "-f", file.to_str().unwrap()]);
+    }
+
+    /// A join token for `namespace`/`account`, written to a file.
+    pub fn join_token(&self, name: &str, namespace: &str, account: &str) -> PathBuf {
+        let token = self.cli(&[
+            "token",
+            "create",
+            name,
+            "--role",
+            "join",
+            "--namespace",
+            namespace,
+            "--service-account",
+            account,
+            "--ttl",
+            "10m",
+            "--single-use",
+        ]);
+        let file = self.dir.0.join(format!("{name}.token"));
+        std::fs::write(&file, token.trim()).unwrap();
+        file
+    }
+
+    pub fn proxy(&self, name: &str, body: &str) -> (ChildProcess, u16) {
+        let admin = free_port();
+        let yaml = format!(
+            "kind: Proxy\nadmin: '127.0.0.1:{admin}'\ncontrol: {{url: 'http://127.0.0.1:{}', stateDir: '{}', proxyId: {name}, joinTokenFile: '{}'}}\n{body}",
+            self.push,
+            self.dir.0.join(format!("state-{name}")).display(),
+            self.dir.0.join(format!("{name}.token")).display(),
+        );
+        let file = self.dir.0.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let mut cmd = Command::new(cargo_bin("trellis"));
+        cmd.args(["proxy", "-c"]).arg(&file).env("TRELLIS_LOG", "info");
+        (ChildProcess::spawn(cmd).unwrap(), admin)
+    }
+
+    /// The mesh CA's signer, read from the data directory as an operator with disk access could.
+    pub fn signer(&self) -> Signer {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.data().join("ca/state.json")).unwrap()).unwrap();
+        let active = state["active"].as_str().unwrap();
+        let root = state["roots"].as_array().unwrap().iter().find(|r| r["fingerprint"] == active).unwrap();
+        let key = std::fs::read_to_string(self.data().join(format!("ca/{active}.key"))).unwrap();
+        Signer::from_pem("trellis.local", root["cert_pem"].as_str().unwrap(), &key, "").unwrap()
+    }
+}
+
+pub fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn http_status(url: &str) -> Option<u16> {
+    let out =
+        Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3", url]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).parse().ok()
+}
+
+impl Mesh {
+    /// Stops the control plane (SIGKILL), as an outage would.
+    pub fn stop_control(&mut self) {
+        if let Some(mut control) = self.control.take() {
+            control.kill();
+        }
+    }
+}
+
+/// The proxy's admin `/config` document.
+pub fn admin_config(admin: u16) -> Option<serde_json::Value> {
+    let out =
+        Command::new("curl").args(["-s", "-m", "2", &format!("http://127.0.0.1:{admin}/config")]).output().ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// The body of a GET (empty when it fails).
+pub fn http_text(url: &str) -> String {
+    Command::new("curl")
+        .args(["-s", "-m", "3", url])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}

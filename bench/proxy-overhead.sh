@@ -9,10 +9,16 @@
 #
 #   direct      generator → backend
 #   meshed      generator → client proxy → (HTTP/2) → server proxy → backend
+#   mtls        generator → client proxy → (HTTP/2 in mutual TLS) → server proxy → backend
 #   not meshed  generator → client proxy → (HTTP/1.1) → server proxy → backend
 #
 # The client proxy has an explicit listener bound to a service whose one endpoint is the server
 # proxy's inbound listener (`meshed: true` or `false`); the server proxy forwards to the backend.
+# The mtls pair is the same with a control plane: both proxies join with tokens, get SPIFFE
+# certificates, and the client proxy receives the server's endpoint (with its identity) by
+# push; the server's inbound port is `strict`. After the load, `openssl s_time` opens fresh
+# mutual-TLS connections to the server proxy for HANDSHAKE_TIME seconds to count full
+# handshakes per second of the server proxy's CPU.
 # Each proxied path gets a fresh pair of proxies. For every proxy it records CPU time over the
 # measured window (utime+stime from /proc/PID/stat) and VmRSS idle and at the end of the load.
 #
@@ -24,6 +30,7 @@
 #   WARMUP=5s          load before each window, left out of every number
 #   CONNECTIONS=16     HTTP/1.1 keep-alive connections from the generator
 #   REQUEST_PATH=/bytes/1024   what to GET (the backend answers /bytes/N with N bytes)
+#   HANDSHAKE_TIME=10  seconds of openssl s_time against the mTLS server proxy (0 skips it)
 #   OUT_DIR=bench/results
 #   BIN_DIR=           use trellis, trellis-test-backend and trellis-bench from this directory
 #                      instead of building them
@@ -39,6 +46,7 @@ DURATION=${DURATION:-30s}
 WARMUP=${WARMUP:-5s}
 CONNECTIONS=${CONNECTIONS:-16}
 REQUEST_PATH=${REQUEST_PATH:-/bytes/1024}
+HANDSHAKE_TIME=${HANDSHAKE_TIME:-10}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
@@ -49,6 +57,7 @@ source "$ROOT/bench/common.sh"
 
 # ---------------------------------------------------------------- prerequisites
 need curl "apt-get install curl"
+need openssl "apt-get install openssl"
 need getconf
 need awk
 if command -v jq >/dev/null 2>&1; then
@@ -245,6 +254,91 @@ EOF
     check_body "$CLIENT_URL"
 }
 
+# mtls_pair LABEL: like proxy_pair, but both proxies join a control plane (started here) with
+# join tokens and talk mutual TLS; sets the same variables plus CONTROL_PID, CLIENT_STATE and
+# SERVER_INBOUND.
+mtls_pair() {
+    local label=$1
+    local api push inbound admin_s listen admin_c
+    api=$(free_port) push=$(free_port) inbound=$(free_port) admin_s=$(free_port) listen=$(free_port) admin_c=$(free_port)
+    start control "$BIN/trellis" control --data-dir "$TMP/control" --listen "127.0.0.1:$api" --push-listen "127.0.0.1:$push"
+    CONTROL_PID=$STARTED_PID
+    wait_ok "http://127.0.0.1:$api/healthz" control "$CONTROL_PID"
+    local cli=("$BIN/trellis" --server "http://127.0.0.1:$api" --token-file "$TMP/control/admin.token")
+    local who
+    for who in server client; do
+        "${cli[@]}" token create "$who" --role join --namespace bench --service-account "$who" --ttl 10m --single-use             >"$TMP/$who.token" 2>>"$TMP/cli.log" || { cat "$TMP/cli.log" >&2; die "cannot create a join token"; }
+    done
+    cat >"$TMP/mtls.yaml" <<EOF
+kind: Service
+name: web
+namespace: bench
+ports: [{port: 80, protocol: http}]
+---
+kind: Policy
+name: strict
+namespace: bench
+mtls: strict
+EOF
+    "${cli[@]}" apply -f "$TMP/mtls.yaml" >>"$TMP/cli.log" 2>&1 || { cat "$TMP/cli.log" >&2; die "cannot apply the benchmark's service"; }
+    cat >"$TMP/$label-server.yaml" <<EOF
+kind: Proxy
+name: $label-server
+admin: '127.0.0.1:$admin_s'
+drainTimeout: 1s
+inbound: {listen: '127.0.0.1:$inbound', forward: '127.0.0.1:$BACKEND_PORT'}
+control: {url: 'http://127.0.0.1:$push', stateDir: '$TMP/$label-server-state', joinTokenFile: '$TMP/server.token'}
+workload: {service: web, namespace: bench, serviceAccount: server, address: '127.0.0.1:$inbound'}
+EOF
+    CLIENT_STATE=$TMP/$label-client-state
+    cat >"$TMP/$label-client.yaml" <<EOF
+kind: Proxy
+name: $label-client
+admin: '127.0.0.1:$admin_c'
+drainTimeout: 1s
+explicit: [{listen: '127.0.0.1:$listen', service: web.bench}]
+control: {url: 'http://127.0.0.1:$push', stateDir: '$CLIENT_STATE', joinTokenFile: '$TMP/client.token'}
+workload: {service: client, namespace: bench, serviceAccount: client, address: '127.0.0.1:$(free_port)', calls: [web]}
+EOF
+    start "$label-server" "$BIN/trellis" proxy -c "$TMP/$label-server.yaml"
+    SERVER_PID=$STARTED_PID
+    start "$label-client" "$BIN/trellis" proxy -c "$TMP/$label-client.yaml"
+    CLIENT_PID=$STARTED_PID
+    wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
+    wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
+    CLIENT_URL="http://127.0.0.1:$listen$REQUEST_PATH"
+    SERVER_ADMIN="127.0.0.1:$admin_s"
+    CLIENT_ADMIN="127.0.0.1:$admin_c"
+    SERVER_INBOUND="127.0.0.1:$inbound"
+    # The server's endpoint reaches the client proxy by push: wait for the first 200.
+    wait_ok "$CLIENT_URL" "$label-client" "$CLIENT_PID"
+    check_body "$CLIENT_URL"
+}
+
+# security ADMIN: inbound connections by transport security (e.g. "mtls=17").
+security() {
+    curl -s -m 5 "http://$1/metrics" |
+        awk '/^trellis_inbound_connections_total/ {
+                 match($0, /security="[^"]*"/); o = substr($0, RSTART + 10, RLENGTH - 11)
+                 n[o] += $NF }
+             END { for (o in n) if (n[o] > 0) printf "%s%s=%d", (c++ ? " " : ""), o, n[o] }'
+}
+
+# handshakes: openssl s_time against the mTLS server proxy with the client proxy's
+# certificate; sets HANDSHAKES, HANDSHAKE_SECONDS and HANDSHAKE_CPU (server proxy CPU seconds).
+handshakes() {
+    local before after out
+    before=$(cpu_ticks "$SERVER_PID")
+    out=$(openssl s_time -connect "$SERVER_INBOUND" -new -time "$HANDSHAKE_TIME"         -cert "$CLIENT_STATE/identity/svid.pem" -key "$CLIENT_STATE/identity/svid.key" 2>&1) ||
+        { echo "$out" >&2; die "openssl s_time failed"; }
+    after=$(cpu_ticks "$SERVER_PID")
+    # "N connections in T real seconds, ..."
+    HANDSHAKES=$(awk '/connections in .* real seconds/ { print $1; exit }' <<<"$out")
+    HANDSHAKE_SECONDS=$(awk '/connections in .* real seconds/ { for (i = 1; i <= NF; i++) if ($i == "in") { print $(i + 1); exit } }' <<<"$out")
+    HANDSHAKE_CPU=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
+    [[ -n $HANDSHAKES ]] || { echo "$out" >&2; die "could not read openssl s_time's count"; }
+}
+
 # detections ADMIN: accepted connections by protocol-detection outcome (e.g. "http1=17"), from
 # the proxy's /metrics. Anything but http1/http2 means some connections were not handled as
 # HTTP (a connection idle past detectTimeout becomes opaque TCP).
@@ -281,6 +375,19 @@ DETECTED[meshed-server]=$(detections "$SERVER_ADMIN")
 stop "$CLIENT_PID"
 stop "$SERVER_PID"
 
+mtls_pair mtls
+measure mtls "$CLIENT_URL" client="$CLIENT_PID" server="$SERVER_PID" backend="$BACKEND_PID"
+DETECTED[mtls-client]=$(detections "$CLIENT_ADMIN")
+DETECTED[mtls-server]=$(security "$SERVER_ADMIN")
+HANDSHAKES=-
+if ((HANDSHAKE_TIME > 0)); then
+    say "mtls: $HANDSHAKE_TIME s of full handshakes (openssl s_time -new) against the server proxy"
+    handshakes
+fi
+stop "$CLIENT_PID"
+stop "$SERVER_PID"
+stop "$CONTROL_PID"
+
 proxy_pair plain false
 measure plain "$CLIENT_URL" client="$CLIENT_PID" server="$SERVER_PID" backend="$BACKEND_PID"
 DETECTED[plain-client]=$(detections "$CLIENT_ADMIN")
@@ -300,7 +407,8 @@ delta() { # delta A B: A - B with a sign, or "-"
     awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'
 }
 
-declare -A TITLE=([direct]="direct" [meshed]="2 proxies, meshed (HTTP/2 between)" [plain]="2 proxies, not meshed (HTTP/1.1 between)")
+declare -A TITLE=([direct]="direct" [meshed]="2 proxies, meshed (HTTP/2 between)" [mtls]="2 proxies, mutual TLS (HTTP/2 in TLS 1.3 between)" [plain]="2 proxies, not meshed (HTTP/1.1 between)")
+PATHS=(direct meshed mtls plain)
 D50=$(num "$TMP/direct.json" latency_ms.p50)
 D99=$(num "$TMP/direct.json" latency_ms.p99)
 NOTES=()
@@ -326,7 +434,7 @@ if [[ $COMMIT != unknown ]] && [[ -n $(cd "$ROOT" && git status --porcelain 2>/d
     echo
     echo "| path | ok | errors | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | added p50 ms | added p99 ms |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for l in direct meshed plain; do
+    for l in "${PATHS[@]}"; do
         f=$TMP/$l.json
         p50=$(num "$f" latency_ms.p50) p99=$(num "$f" latency_ms.p99)
         if [[ $l == direct ]]; then a50="" a99=""; else a50=$(delta "$p50" "$D50") a99=$(delta "$p99" "$D99"); fi
@@ -340,7 +448,7 @@ if [[ $COMMIT != unknown ]] && [[ -n $(cd "$ROOT" && git status --porcelain 2>/d
     echo
     echo "| path | process | CPU s / 10k req | CPU % of a core | RSS idle MiB | RSS load MiB |"
     echo "|---|---|---:|---:|---:|---:|"
-    for l in direct meshed plain; do
+    for l in "${PATHS[@]}"; do
         requests=$(jget "$TMP/$l.json" intended)
         seconds=$(jget "$TMP/$l.json" duration_s)
         while read -r name rss0 rss1 ticks; do
@@ -356,7 +464,7 @@ if [[ $COMMIT != unknown ]] && [[ -n $(cd "$ROOT" && git status --porcelain 2>/d
     echo
     echo "| path | lag p50 ms | lag p99 ms | max lag ms | requests >10 ms late | most queued for a connection | reconnects | generator CPU % |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    for l in direct meshed plain; do
+    for l in "${PATHS[@]}"; do
         f=$TMP/$l.json
         printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${TITLE[$l]}" "$(num "$f" lag_ms.p50)" "$(num "$f" lag_ms.p99)" \
             "$(num "$f" max_lag_ms)" "$(jget "$f" late_requests)" "$(jget "$f" max_queued)" "$(jget "$f" reconnects)" \
@@ -370,7 +478,19 @@ if [[ $COMMIT != unknown ]] && [[ -n $(cd "$ROOT" && git status --porcelain 2>/d
     echo "|---|---|---|"
     echo "| client-side | ${DETECTED[meshed-client]:-none} | ${DETECTED[plain-client]:-none} |"
     echo "| server-side | ${DETECTED[meshed-server]:-none} | ${DETECTED[plain-server]:-none} |"
-    for l in direct meshed plain; do
+    echo
+    echo "mTLS pair: client-side detections ${DETECTED[mtls-client]:-none}; server-side inbound connections by security ${DETECTED[mtls-server]:-none}."
+    if [[ $HANDSHAKES != - ]]; then
+        echo
+        echo "Full mutual-TLS handshakes (TLS 1.3, ECDSA P-256, no resumption; \`openssl s_time -new\` for $HANDSHAKE_SECONDS s"
+        echo "with the client proxy's certificate; openssl and the proxy share the machine):"
+        echo
+        echo "| handshakes | per second | server proxy CPU s | handshakes per server-proxy CPU second |"
+        echo "|---:|---:|---:|---:|"
+        awk -v n="$HANDSHAKES" -v s="$HANDSHAKE_SECONDS" -v c="$HANDSHAKE_CPU" \
+            'BEGIN { printf "| %d | %.0f | %.2f | %s |\n", n, n / s, c, (c > 0 ? sprintf("%.0f", n / c) : "-") }'
+    fi
+    for l in "${PATHS[@]}"; do
         f=$TMP/$l.json
         [[ $(jget "$f" errors) != 0 ]] && NOTES+=("${TITLE[$l]}: $(jget "$f" errors) errors (non-2xx $(jget "$f" non_2xx), io $(jget "$f" io_errors), timeout $(jget "$f" timeouts)).")
         [[ $(jget "$f" connect_errors) != 0 ]] && NOTES+=("${TITLE[$l]}: $(jget "$f" connect_errors) failed connection attempts.")
@@ -385,6 +505,7 @@ if [[ $COMMIT != unknown ]] && [[ -n $(cd "$ROOT" && git status --porcelain 2>/d
             [[ $o == http1=* || $o == http2=* ]] || NOTES+=("$k proxy: $o connection(s) not detected as HTTP (so not proxied as HTTP).")
         done
     done
+    [[ ${DETECTED[mtls-server]:-} == mtls=* && ${DETECTED[mtls-server]} != *" "* ]] || NOTES+=("mtls: the server proxy saw connections other than mutual TLS (${DETECTED[mtls-server]:-none}).")
     [[ ${DETECTED[meshed-server]:-} == http2=* ]] || NOTES+=("meshed: the hop between the proxies was not HTTP/2 only (${DETECTED[meshed-server]:-none}).")
     [[ ${DETECTED[plain-server]:-} == http1=* && ${DETECTED[plain-server]} != *" "* ]] || NOTES+=("not meshed: the hop between the proxies was not HTTP/1.1 only (${DETECTED[plain-server]:-none}).")
     echo

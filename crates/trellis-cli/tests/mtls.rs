@@ -49,9 +49,8 @@ fn curl_mtls(
     // -k: SPIFFE certificates name no host; the proxy's identity is checked by the proxies.
     cmd.args(["-sSk", "-m", "5", "-o", "/dev/null", "-D", "-", "-w", "\nSTATUS:%{http_code}"]);
     // HEAD through -X would wait for a body that never comes.
-    // (HEAD over HTTP/2 through the proxy is a known bug: PROTOCOL_ERROR; HTTP/1.1 here.)
     if method == "HEAD" {
-        cmd.args(["-I", "--http1.1"])
+        cmd.arg("-I")
     } else {
         cmd.args(["-X", method])
     };

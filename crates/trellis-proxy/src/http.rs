@@ -166,6 +166,7 @@ impl Handler {
         let mut request = request.map(body::boxed);
         request.extensions_mut().insert(self.connection.clone());
         let grpc = is_grpc(request.headers());
+        let head = request.method() == http::Method::HEAD;
         let direction = self.side.direction();
         // Kept for the access log; the request itself moves into the chain.
         let logged = self.shared.access_log.as_ref().map(|_| {
@@ -273,6 +274,12 @@ impl Handler {
             response.status().as_u16(),
             elapsed,
         );
+        if head {
+            // A HEAD response has no body, including the proxy's own answers; HTTP/1 drops one
+            // by itself, but HTTP/2 would send it as DATA, which clients reject.
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, body::empty());
+        }
         response
     }
 }

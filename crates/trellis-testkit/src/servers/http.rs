@@ -99,6 +99,7 @@ pub async fn serve(listener: TcpListener, opts: HttpOptions) -> anyhow::Result<(
 
 async fn handle(state: &State, req: Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_owned();
+    let head = req.method() == hyper::Method::HEAD;
     let mut resp = if path == "/__stats" {
         let n = state.requests.load(Ordering::SeqCst);
         json_response(StatusCode::OK, &json!({ "requests": n }))
@@ -129,6 +130,11 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<RespBody> {
         }
     };
     resp.headers_mut().insert("x-backend", state.name_header.clone());
+    if head {
+        // The headers a GET would get, no body (HTTP/2 forbids DATA on a HEAD response).
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
     resp
 }
 

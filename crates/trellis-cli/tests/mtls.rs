@@ -2,6 +2,7 @@
 //! mutual TLS between them, and a `kind: Policy` enforced at the receiving proxy. The strict
 //! inbound port is probed with curl and openssl as outsiders: no certificate, another CA's
 //! certificate, an expired one, and mesh certificates of identities the policy does not allow.
+//! A second mesh signs with an operator's intermediate CA and runs in permissive mode.
 
 mod support;
 
@@ -269,4 +270,81 @@ fn strict_mtls_and_policy_between_two_joined_proxies() {
     assert!(metrics.contains("trellis_inbound_connections_total{security=\"mtls\"}"), "{metrics}");
     reviews.kill();
     web.kill();
+}
+
+#[test]
+fn operator_intermediate_ca_and_permissive_mode() {
+    // The operator's root stays offline; the control plane gets an intermediate and the root
+    // as the bundle.
+    let (root_cert, root_key) =
+        trellis_identity::authority::new_root("prod.example", Duration::from_secs(3600)).unwrap();
+    let root = Signer::from_pem("prod.example", &root_cert, &root_key, "").unwrap();
+    let (inter_cert, inter_key) =
+        trellis_identity::authority::new_intermediate(&root, Duration::from_secs(3600)).unwrap();
+    let mesh = Mesh::start_with("operator-ca", "1h", |dir| {
+        for (name, text) in [("inter.pem", &inter_cert), ("inter.key", &inter_key), ("root.pem", &root_cert)] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let path = |name: &str| dir.join(name).display().to_string();
+        vec![
+            "--trust-domain".into(),
+            "prod.example".into(),
+            "--ca-cert".into(),
+            path("inter.pem"),
+            "--ca-key".into(),
+            path("inter.key"),
+            "--ca-bundle".into(),
+            path("root.pem"),
+        ]
+    });
+    let status: serde_json::Value = serde_json::from_str(&mesh.cli(&["ca", "status", "-o", "json"])).unwrap();
+    assert_eq!(status["managed"], false);
+    assert_eq!(status["trustDomain"], "prod.example");
+    // Rotation is the operator's with a provided CA.
+    let refused = Command::new(trellis_testkit::process::cargo_bin("trellis"))
+        .args(["ca", "add-root"])
+        .env("TRELLIS_SERVER", format!("http://127.0.0.1:{}", mesh.api))
+        .env("TRELLIS_TOKEN", &mesh.token)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("provided by the operator"));
+
+    let (_backend, backend_addr) = spawn_backend(&["http", "--name", "reviews"]);
+    mesh.apply("kind: Service\nname: reviews\nnamespace: shop\nports: [{port: 80, protocol: http}]\n");
+    mesh.apply("kind: Policy\nname: shop-permissive\nnamespace: shop\nmtls: permissive\n");
+    mesh.join_token("reviews", "shop", "reviews");
+    mesh.join_token("web", "shop", "web");
+    let inbound = free_port();
+    let (_reviews, reviews_admin) = mesh.proxy(
+        "reviews",
+        &format!(
+            "inbound: {{listen: '127.0.0.1:{inbound}', forward: '{backend_addr}'}}\nworkload: {{service: reviews, namespace: shop, address: '127.0.0.1:{inbound}'}}\n"
+        ),
+    );
+    let explicit = free_port();
+    let (_web, web_admin) = mesh.proxy(
+        "web",
+        &format!(
+            "explicit: [{{listen: '127.0.0.1:{explicit}', service: reviews.shop}}]\nworkload: {{service: web, namespace: shop, address: '127.0.0.1:{}', calls: [reviews]}}\n",
+            free_port()
+        ),
+    );
+    for admin in [reviews_admin, web_admin] {
+        wait_until("proxy ready", Duration::from_secs(30), || {
+            http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
+        });
+    }
+    // Through the mesh: mutual TLS with a chain leaf → intermediate → operator root.
+    let url = format!("http://127.0.0.1:{explicit}/items");
+    wait_until("a request through both proxies", Duration::from_secs(30), || http_status(&url) == Some(200));
+    let seen: serde_json::Value = serde_json::from_str(&support::http_text(&url)).unwrap();
+    assert_eq!(seen["headers"]["x-trellis-peer-identity"], "spiffe://prod.example/ns/shop/sa/web");
+    let chain = std::fs::read_to_string(mesh.dir.0.join("state-reviews/identity/svid.pem")).unwrap();
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "the leaf travels with the intermediate");
+    // Permissive: a plaintext client still gets through, and the metrics say which was which.
+    assert_eq!(http_status(&format!("http://127.0.0.1:{inbound}/items")), Some(200));
+    let metrics = support::http_text(&format!("http://127.0.0.1:{reviews_admin}/metrics"));
+    assert!(metrics.contains("trellis_inbound_connections_total{security=\"mtls\"}"), "{metrics}");
+    assert!(metrics.contains("trellis_inbound_connections_total{security=\"plaintext\"}"), "{metrics}");
 }

@@ -22,15 +22,24 @@ pub struct Mesh {
     pub push: u16,
     pub token: String,
     pub control: Option<ChildProcess>,
+    /// Extra `trellis control` arguments, kept for restarts.
+    pub control_args: Vec<String>,
 }
 
 impl Mesh {
     pub fn start(name: &str, svid_lifetime: &str) -> Mesh {
+        Mesh::start_with(name, svid_lifetime, |_| Vec::new())
+    }
+
+    /// Like [`Mesh::start`], with extra control-plane arguments made from the mesh's directory
+    /// (e.g. CA files written there first).
+    pub fn start_with(name: &str, svid_lifetime: &str, args: impl FnOnce(&std::path::Path) -> Vec<String>) -> Mesh {
         let dir = Dir(std::env::temp_dir().join(format!("trellis-{name}-{}", std::process::id())));
         let _ = std::fs::remove_dir_all(&dir.0);
         std::fs::create_dir_all(&dir.0).unwrap();
+        let control_args = args(&dir.0);
         let (api, push) = (free_port(), free_port());
-        let mut mesh = Mesh { dir, api, push, token: String::new(), control: None };
+        let mut mesh = Mesh { dir, api, push, token: String::new(), control: None, control_args };
         mesh.start_control(svid_lifetime);
         mesh.token = std::fs::read_to_string(mesh.data().join("admin.token")).unwrap().trim().to_string();
         mesh
@@ -44,6 +53,7 @@ impl Mesh {
         let mut cmd = Command::new(cargo_bin("trellis"));
         cmd.args(["control", "--listen", &format!("127.0.0.1:{}", self.api)])
             .args(["--push-listen", &format!("127.0.0.1:{}", self.push), "--svid-lifetime", svid_lifetime])
+            .args(&self.control_args)
             .arg("--data-dir")
             .arg(self.data());
         let mut child = ChildProcess::spawn(cmd).unwrap();

@@ -21,7 +21,9 @@
 //! as a tenant of its own for this.
 
 use crate::chain::PeerIdentity;
+use crate::metrics::Metrics;
 use crate::routing::{Text, Value};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::sync::Arc;
 use trellis_api::{EgressRule, MtlsMode, Policy, PolicyAction, Tenant};
@@ -52,6 +54,9 @@ struct CompiledRule {
     name: String,
     deny: bool,
     audit: bool,
+    /// `trellis_authz_decisions_total` for this rule's outcome, looked up once per
+    /// configuration instead of per request.
+    counter: Counter,
     identities: Vec<IdentityPattern>,
     namespaces: Vec<String>,
     tenants: Vec<String>,
@@ -114,13 +119,14 @@ impl CompiledRule {
 pub struct Authorizer {
     mtls: Option<MtlsMode>,
     rules: Vec<CompiledRule>,
-    /// Policies that set `defaultDeny`: (name, audit).
-    default_deny: Vec<(Arc<str>, bool)>,
+    /// Policies that set `defaultDeny`: (name, audit, counter).
+    default_deny: Vec<(Arc<str>, bool, Counter)>,
     /// Namespace → tenant, for every tenant.
     tenant_of: HashMap<String, String>,
     own_tenant: Option<String>,
-    /// Egress rules of the covering policies: (policy, rule).
-    egress: Vec<(Arc<str>, EgressRule)>,
+    /// Egress rules of the covering policies, each with its `allow` counter.
+    egress: Vec<(EgressRule, Counter)>,
+    cross_tenant: Counter,
     /// Asked once the rules allow; the service's policy's if it names one, else the namespace's.
     external: Option<crate::ext_authz::ExternalCheck>,
 }
@@ -133,8 +139,10 @@ impl Authorizer {
         namespace: &str,
         service: Option<&str>,
         decisions: &crate::ext_authz::DecisionCaches,
+        metrics: &Metrics,
     ) -> anyhow::Result<Authorizer> {
-        let mut authorizer = Authorizer::default();
+        let mut authorizer =
+            Authorizer { cross_tenant: metrics.authz_counter("tenancy", CROSS_TENANT, "deny"), ..Default::default() };
         for tenant in tenants {
             for ns in &tenant.namespaces {
                 authorizer.tenant_of.insert(ns.clone(), tenant.name.0.clone());
@@ -158,17 +166,23 @@ impl Authorizer {
             external.map(|(policy, spec)| crate::ext_authz::ExternalCheck::new(policy, spec, decisions));
         for policy in covering {
             let name: Arc<str> = Arc::from(policy.name.0.as_str());
+            let denied = if policy.audit { "audit-deny" } else { "deny" };
             if policy.default_deny {
-                authorizer.default_deny.push((name.clone(), policy.audit));
+                let counter = metrics.authz_counter(&name, "default-deny", denied);
+                authorizer.default_deny.push((name.clone(), policy.audit, counter));
             }
-            authorizer.egress.extend(policy.egress.iter().map(|e| (name.clone(), e.clone())));
+            authorizer
+                .egress
+                .extend(policy.egress.iter().map(|e| (e.clone(), metrics.authz_counter(&name, &e.name, "allow"))));
             for rule in &policy.rules {
                 let from = rule.from.clone().unwrap_or_default();
                 let to = rule.to.clone().unwrap_or_default();
+                let deny = rule.action == PolicyAction::Deny;
                 authorizer.rules.push(CompiledRule {
+                    counter: metrics.authz_counter(&name, &rule.name, if deny { denied } else { "allow" }),
                     policy: name.clone(),
                     name: rule.name.clone(),
-                    deny: rule.action == PolicyAction::Deny,
+                    deny,
                     audit: policy.audit,
                     identities: from
                         .identities
@@ -218,40 +232,38 @@ impl Authorizer {
         self.tenant_of.get(a).map(String::as_str) != b
     }
 
-    /// Decides, counting the decision in `metrics` by policy and rule.
-    pub fn check(&self, facts: &Facts<'_>, metrics: &crate::metrics::Metrics) -> Decision {
+    /// Decides, counting the decision by policy and rule.
+    pub fn check(&self, facts: &Facts<'_>) -> Decision {
         if self.is_empty() {
             return Decision::Allow;
         }
         let source_tenant = facts.source.and_then(|s| self.tenant_of.get(&s.id.namespace)).map(String::as_str);
-        let cross_tenant = facts
-            .source
-            .is_some_and(|s| !self.tenant_of.is_empty() && self.crosses(&s.id.namespace, self.own_tenant.as_deref()));
+        let cross_tenant = facts.source.is_some_and(|s| self.crosses(&s.id.namespace, self.own_tenant.as_deref()));
         // Enforced denials first; an audit-mode denial is only noted, and evaluation goes on
         // as if that policy were not there.
         for rule in self.rules.iter().filter(|r| r.deny && r.matches(facts, source_tenant)) {
+            rule.counter.inc();
             if rule.audit {
-                audit(facts, &rule.policy, &rule.name, metrics);
+                audit(facts, &rule.policy, &rule.name);
                 continue;
             }
-            metrics.authz_decision(&rule.policy, &rule.name, "deny");
             return Decision::Deny { policy: rule.policy.to_string(), rule: rule.name.clone() };
         }
         let admits = |r: &&CompiledRule| !r.deny && (!cross_tenant || r.has_from()) && r.matches(facts, source_tenant);
         if let Some(rule) = self.rules.iter().find(admits) {
-            metrics.authz_decision(&rule.policy, &rule.name, "allow");
+            rule.counter.inc();
             return Decision::Allow;
         }
         if cross_tenant {
-            metrics.authz_decision("tenancy", CROSS_TENANT, "deny");
+            self.cross_tenant.inc();
             return Decision::Deny { policy: "tenancy".into(), rule: CROSS_TENANT.into() };
         }
-        for (policy, audit_only) in &self.default_deny {
+        for (policy, audit_only, counter) in &self.default_deny {
+            counter.inc();
             if *audit_only {
-                audit(facts, policy, "default-deny", metrics);
+                audit(facts, policy, "default-deny");
                 continue;
             }
-            metrics.authz_decision(policy, "default-deny", "deny");
             return Decision::Deny { policy: policy.to_string(), rule: "default-deny".into() };
         }
         Decision::Allow
@@ -261,29 +273,28 @@ impl Authorizer {
 impl Authorizer {
     /// Caller side: may this workload call into `namespace`? Free within its tenant; across
     /// tenants only with an `egress` rule naming the other tenant or namespace.
-    pub fn egress(&self, namespace: &str, metrics: &crate::metrics::Metrics) -> Decision {
-        if self.tenant_of.is_empty() || !self.crosses(namespace, self.own_tenant.as_deref()) {
+    pub fn egress(&self, namespace: &str) -> Decision {
+        if !self.crosses(namespace, self.own_tenant.as_deref()) {
             return Decision::Allow;
         }
         let tenant = self.tenant_of.get(namespace);
-        let allowed = self.egress.iter().find(|(_, rule)| {
+        let allowed = self.egress.iter().find(|(rule, _)| {
             rule.namespaces.iter().any(|ns| ns == namespace) || tenant.is_some_and(|t| rule.tenants.contains(t))
         });
         match allowed {
-            Some((policy, rule)) => {
-                metrics.authz_decision(policy, &rule.name, "allow");
+            Some((_, counter)) => {
+                counter.inc();
                 Decision::Allow
             }
             None => {
-                metrics.authz_decision("tenancy", CROSS_TENANT, "deny");
+                self.cross_tenant.inc();
                 Decision::Deny { policy: "tenancy".into(), rule: CROSS_TENANT.into() }
             }
         }
     }
 }
 
-fn audit(facts: &Facts<'_>, policy: &str, rule: &str, metrics: &crate::metrics::Metrics) {
-    metrics.authz_decision(policy, rule, "audit-deny");
+fn audit(facts: &Facts<'_>, policy: &str, rule: &str) {
     let source = facts.source.map_or("plaintext", |s| s.uri.as_str());
     let (method, path) = facts.http.map(|p| (p.method.to_string(), p.uri.path().to_string())).unwrap_or_default();
     tracing::warn!(%policy, %rule, %source, port = facts.port, %method, %path, "audit: would deny");

@@ -193,6 +193,7 @@ impl RunningConfig {
             &namespace,
             own_service.as_deref(),
             &runtime.decisions,
+            &runtime.metrics,
         )?);
         Ok(RunningConfig { version, documents, settings, services, by_address, by_ip, by_host, authorizer })
     }

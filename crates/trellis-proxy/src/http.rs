@@ -121,7 +121,7 @@ impl Handler {
         let caller = source.map_or("plaintext", |s| s.uri.as_str());
         let metrics = &self.shared.runtime.metrics;
         let facts = crate::authz::Facts { source, port: self.connection.target.port(), http: Some(&parts) };
-        if let crate::authz::Decision::Deny { policy, rule } = config.authorizer.check(&facts, metrics) {
+        if let crate::authz::Decision::Deny { policy, rule } = config.authorizer.check(&facts) {
             tracing::info!(%policy, %rule, %caller, method = %parts.method, path = parts.uri.path(), "request denied");
             return Err(ProxyError::new(Reason::Denied, "").rule(&rule));
         }
@@ -148,7 +148,7 @@ impl Handler {
         grpc: bool,
     ) -> (String, String, Response<Body>) {
         let route = svc.route_for(&request);
-        let decision = config.authorizer.egress(&svc.spec.namespace, &self.shared.runtime.metrics);
+        let decision = config.authorizer.egress(&svc.spec.namespace);
         if let crate::authz::Decision::Deny { rule, .. } = decision {
             tracing::info!(service = %svc.id, %rule, "call into another tenant refused");
             return (

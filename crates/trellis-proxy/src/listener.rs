@@ -252,7 +252,7 @@ fn authorize_connection(
 ) -> bool {
     let config = shared.config();
     let facts = Facts { source: source.map(|s| s.as_ref()), port: target.port(), http: None };
-    match config.authorizer.check(&facts, &shared.runtime.metrics) {
+    match config.authorizer.check(&facts) {
         Decision::Allow => true,
         Decision::Deny { policy, rule } => {
             tracing::info!(%peer, %policy, %rule, "inbound connection denied");

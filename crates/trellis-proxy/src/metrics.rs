@@ -258,8 +258,9 @@ impl Metrics {
         self.inbound_security.get_or_create(&SecurityLabels { security }).inc();
     }
 
-    pub fn authz_decision(&self, policy: &str, rule: &str, decision: &'static str) {
-        self.authz.get_or_create(&AuthzLabels { policy: policy.into(), rule: rule.into(), decision }).inc();
+    /// The counter of one authorization outcome, to keep and increment without a lookup.
+    pub fn authz_counter(&self, policy: &str, rule: &str, decision: &'static str) -> Counter {
+        self.authz.get_or_create(&AuthzLabels { policy: policy.into(), rule: rule.into(), decision }).clone()
     }
 
     pub fn ext_authz(&self, outcome: &'static str) {

@@ -28,9 +28,7 @@ where
                 tracing::info!(service = %id, "opaque connection for an unknown service closed");
                 return;
             };
-            if let Decision::Deny { rule, .. } =
-                config.authorizer.egress(&service.spec.namespace, &shared.runtime.metrics)
-            {
+            if let Decision::Deny { rule, .. } = config.authorizer.egress(&service.spec.namespace) {
                 tracing::info!(service = %id, %rule, "opaque connection into another tenant refused");
                 return;
             }

@@ -10,6 +10,8 @@
 //! - Kubernetes Gateway API `HTTPRoute` and `GRPCRoute` attached to a Service (mesh / GAMMA):
 //!   translated while parsing into that Service's routes (see `gateway_api.rs`), so the result
 //!   holds only the kinds above.
+//! - [`Policy`] and [`Tenant`]: who may call whom (see `policy.rs`).
+//! - [`Telemetry`]: access logs and tracing for a namespace's proxies.
 //!
 //! [`parse_documents`] turns text into typed [`Resource`]s and reports every problem with
 //! file, line, column and field path; [`validate`] adds the checks that span fields and
@@ -22,19 +24,21 @@ mod parse;
 mod policy;
 mod proxy;
 mod service;
+mod telemetry;
 mod validate;
 
 pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use parse::{parse_documents, parse_documents_in, parse_file};
 pub use policy::{
-    Action as PolicyAction, AuthorizerUrl, EgressRule, ExternalAuthorization, MtlsMode, Operation, Policy, PolicyRule,
+    Action as PolicyAction, AuthorizerUrl, HttpUrl, EgressRule, ExternalAuthorization, MtlsMode, Operation, Policy, PolicyRule,
     Source, SpiffeId, Tenant,
 };
 pub use proxy::{
     ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings,
 };
 pub use service::*;
+pub use telemetry::{AccessLogSettings, SamplingPercent, Telemetry, TracingSettings};
 pub use validate::validate;
 
 use serde::Serialize;
@@ -49,6 +53,7 @@ pub enum Resource {
     Proxy(ProxySettings),
     Policy(Policy),
     Tenant(Tenant),
+    Telemetry(Telemetry),
 }
 
 impl Resource {
@@ -61,6 +66,7 @@ impl Resource {
             Resource::Policy(p) => format!("Policy/{}/{}", p.namespace, p.name),
             // Not namespaced: stored and pushed under the namespace `-`.
             Resource::Tenant(t) => format!("Tenant/-/{}", t.name),
+            Resource::Telemetry(t) => format!("Telemetry/{}/{}", t.namespace, t.name),
         }
     }
 }
@@ -71,7 +77,7 @@ pub(crate) fn default_namespace() -> String {
 }
 
 /// Kinds accepted in a `kind:` field, listed in errors.
-pub const KINDS: &[&str] = &["Service", "Endpoints", "Policy", "Tenant", "Proxy"];
+pub const KINDS: &[&str] = &["Service", "Endpoints", "Policy", "Tenant", "Telemetry", "Proxy"];
 
 #[cfg(test)]
 mod tests;

@@ -56,6 +56,7 @@ pub fn parse_documents_in(text: &str, file: &str, context: &[Resource]) -> Resul
             Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(Resource::Proxy),
             Ok(Some(Kind::Policy)) => typed::<crate::Policy>(document, file).map(Resource::Policy),
             Ok(Some(Kind::Tenant)) => typed::<crate::Tenant>(document, file).map(Resource::Tenant),
+            Ok(Some(Kind::Telemetry)) => typed::<crate::Telemetry>(document, file).map(Resource::Telemetry),
             Err(e) => Err(e),
         }
         .map_err(|e| locate_top_level_key(e, text));
@@ -89,6 +90,7 @@ enum Kind {
     Proxy,
     Policy,
     Tenant,
+    Telemetry,
     Route(RouteKind),
 }
 
@@ -107,6 +109,7 @@ fn kind_of(value: &serde_yaml_ng::Value, file: &str, line: usize) -> Result<Opti
             "Proxy" => Ok(Some(Kind::Proxy)),
             "Policy" => Ok(Some(Kind::Policy)),
             "Tenant" => Ok(Some(Kind::Tenant)),
+            "Telemetry" => Ok(Some(Kind::Telemetry)),
             "HTTPRoute" => Ok(Some(Kind::Route(RouteKind::Http))),
             "GRPCRoute" => Ok(Some(Kind::Route(RouteKind::Grpc))),
             other => Err(error_at(file, line, 1, "kind", format!("unknown kind `{other}`; expected one of {valid}"))),

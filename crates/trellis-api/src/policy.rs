@@ -76,10 +76,13 @@ impl ExternalAuthorization {
 /// `http://IP:PORT/PATH`: an address, not a name, since proxies resolve no DNS.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct AuthorizerUrl(pub String);
+pub struct HttpUrl(pub String);
 
-impl AuthorizerUrl {
-    /// The authorizer's address and path.
+/// The external authorizer's address.
+pub type AuthorizerUrl = HttpUrl;
+
+impl HttpUrl {
+    /// The address and path.
     pub fn parts(&self) -> (std::net::SocketAddr, &str) {
         let rest = self.0.strip_prefix("http://").unwrap_or(&self.0);
         let (address, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -90,19 +93,19 @@ impl AuthorizerUrl {
     }
 }
 
-impl<'de> Deserialize<'de> for AuthorizerUrl {
+impl<'de> Deserialize<'de> for HttpUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let url = String::deserialize(d)?;
         let rest = url
             .strip_prefix("http://")
-            .ok_or_else(|| serde::de::Error::custom(format!("`{url}`: write the authorizer as http://IP:PORT/PATH")))?;
+            .ok_or_else(|| serde::de::Error::custom(format!("`{url}`: write it as http://IP:PORT/PATH")))?;
         let address = &rest[..rest.find('/').unwrap_or(rest.len())];
         if address.parse::<std::net::SocketAddr>().is_err() {
             return Err(serde::de::Error::custom(format!(
                 "`{url}`: `{address}` is not IP:PORT (proxies resolve no DNS names), e.g. http://127.0.0.1:9000/check"
             )));
         }
-        Ok(AuthorizerUrl(url))
+        Ok(HttpUrl(url))
     }
 }
 

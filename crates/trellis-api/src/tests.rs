@@ -67,13 +67,13 @@ fn unknown_kind_and_missing_kind() {
     assert_eq!(
         errors("kind: Sevice\nname: a\n"),
         vec![
-            "t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Policy, Tenant, Proxy, HTTPRoute, GRPCRoute"
+            "t.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Policy, Tenant, Telemetry, Proxy, HTTPRoute, GRPCRoute"
         ]
     );
     assert_eq!(
         errors("---\nname: a\n"),
         vec![
-            "t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Policy, Tenant, Proxy, HTTPRoute, GRPCRoute"
+            "t.yaml:2:1: kind: missing; expected one of Service, Endpoints, Policy, Tenant, Telemetry, Proxy, HTTPRoute, GRPCRoute"
         ]
     );
 }

@@ -40,6 +40,15 @@ pub(crate) fn validate_located(
             }
         }
     }
+    // One Telemetry document per namespace, so which one applies is never a question.
+    let mut telemetry_of: BTreeMap<String, String> = context
+        .iter()
+        .filter(|r| !replaced.contains(&r.key()))
+        .filter_map(|r| match r {
+            Resource::Telemetry(t) => Some((t.namespace.clone(), t.name.0.clone())),
+            _ => None,
+        })
+        .collect();
     let mut seen = BTreeSet::new();
     let mut proxies = 0;
     for (index, resource) in resources.iter().enumerate() {
@@ -65,6 +74,19 @@ pub(crate) fn validate_located(
                             format!("namespace `{ns}` already belongs to tenant `{other}`; a namespace has one tenant"),
                         );
                     }
+                }
+            }
+            Resource::Telemetry(telemetry) => {
+                if let Some(other) = telemetry_of.insert(telemetry.namespace.clone(), telemetry.name.0.clone())
+                    && other != telemetry.name.0
+                {
+                    v.error(
+                        "",
+                        format!(
+                            "namespace `{}` already has Telemetry `{other}`; a namespace has one (edit that one, or delete it first)",
+                            telemetry.namespace
+                        ),
+                    );
                 }
             }
             Resource::Proxy(proxy) => {

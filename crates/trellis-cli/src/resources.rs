@@ -31,7 +31,8 @@ pub fn canonical_kind(kind: &str) -> anyhow::Result<String> {
         "proxy" | "proxies" => Ok("Proxy".into()),
         "policy" | "policies" | "pol" => Ok("Policy".into()),
         "tenant" | "tenants" => Ok("Tenant".into()),
-        other => anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, policy, tenant, proxy"),
+        "telemetry" | "telemetries" => Ok("Telemetry".into()),
+        other => anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, policy, tenant, telemetry, proxy"),
     }
 }
 

@@ -8,7 +8,8 @@
 //! mirrors). Each service travels as its `Service` document and one `Endpoints` document
 //! that merges the static endpoints in the store with the ready registered workloads, each
 //! piece versioned by its content hash. Policies go to the proxies of the workloads they
-//! cover; tenants and the trust bundle to every proxy.
+//! cover, a namespace's `Telemetry` to its proxies; tenants and the trust bundle to every
+//! proxy.
 
 use crate::registry::Registry;
 use crate::store::Stored;
@@ -33,6 +34,8 @@ pub struct Snapshot {
     policies: Vec<(String, Piece, String, Option<String>)>,
     /// Every proxy needs every tenant: callers check egress, callees check callers.
     tenants: Vec<(String, Piece)>,
+    /// (name, piece, namespace): access logs and tracing for that namespace's proxies.
+    telemetry: Vec<(String, Piece, String)>,
     /// The store revision this snapshot was built from.
     pub revision: u64,
     /// The CA's roots and signer, sent to every proxy.
@@ -70,6 +73,10 @@ impl Snapshot {
                     snapshot.policies.push((name, piece, p.namespace.clone(), p.service.as_ref().map(|s| s.0.clone())));
                 }
                 Resource::Tenant(t) => snapshot.tenants.push((name, piece_of(&Resource::Tenant(t)))),
+                Resource::Telemetry(t) => {
+                    let namespace = t.namespace.clone();
+                    snapshot.telemetry.push((name, piece_of(&Resource::Telemetry(t)), namespace));
+                }
                 Resource::Proxy(_) => {}
             }
         }
@@ -153,6 +160,11 @@ impl Snapshot {
         // cover the whole namespace or its own service.
         for (name, piece, ns, service) in &self.policies {
             if ns == namespace && (service.is_none() || service.as_deref() == own_service) {
+                out.insert(name.clone(), piece.clone());
+            }
+        }
+        for (name, piece, ns) in &self.telemetry {
+            if ns == namespace {
                 out.insert(name.clone(), piece.clone());
             }
         }

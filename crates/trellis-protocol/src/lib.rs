@@ -1,12 +1,17 @@
 //! The wire protocol between the Trellis control plane and its proxies (`proto/config.proto`):
 //! one bidirectional gRPC stream per proxy carrying workload registration, heartbeats,
 //! incremental configuration updates and their ACK/NACK; and the `Identity` service that
-//! signs workload certificates.
+//! signs workload certificates. Also the OTLP trace messages proxies export spans with.
 
 // Generated code: prost boxes nothing, and the Hello variant is much larger than the others.
 #[allow(clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("trellis.config.v1");
+}
+
+/// OTLP trace export messages (the subset proxies send), for proxies and test receivers.
+pub mod otlp {
+    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
 }
 
 /// A stable 64-bit content hash (FNV-1a), printed as 16 hex digits. Stable across

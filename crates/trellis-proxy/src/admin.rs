@@ -60,7 +60,7 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 "routes": config.services.values().map(|s| serde_json::json!({
                     "service": s.id,
                     "routes": s.routes.iter().chain(std::iter::once(&s.default_route)).map(|r| serde_json::json!({
-                        "name": r.name,
+                        "name": &*r.name,
                         "chain": r.chain.iter().map(|e| e.name()).collect::<Vec<_>>(),
                     })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),

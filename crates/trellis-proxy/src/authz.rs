@@ -295,7 +295,7 @@ impl Authorizer {
 }
 
 fn audit(facts: &Facts<'_>, policy: &str, rule: &str) {
-    let source = facts.source.map_or("plaintext", |s| s.uri.as_str());
+    let source = facts.source.map_or("plaintext", |s| &*s.uri);
     let (method, path) = facts.http.map(|p| (p.method.to_string(), p.uri.path().to_string())).unwrap_or_default();
     tracing::warn!(%policy, %rule, %source, port = facts.port, %method, %path, "audit: would deny");
 }

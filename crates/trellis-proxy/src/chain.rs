@@ -65,15 +65,15 @@ pub struct Connection {
 #[derive(Debug)]
 pub struct PeerIdentity {
     pub id: trellis_identity::SpiffeId,
-    /// `spiffe://...`, what rules match and logs print.
-    pub uri: String,
+    /// `spiffe://...`, what rules match and logs and metrics print.
+    pub uri: std::sync::Arc<str>,
     /// The same, as the value of the header the application receives.
     pub header: http::HeaderValue,
 }
 
 impl PeerIdentity {
     pub fn new(id: trellis_identity::SpiffeId) -> Option<PeerIdentity> {
-        let uri = id.to_string();
+        let uri: std::sync::Arc<str> = id.to_string().into();
         let header = http::HeaderValue::from_str(&uri).ok()?;
         Some(PeerIdentity { id, uri, header })
     }

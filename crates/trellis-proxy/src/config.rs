@@ -47,6 +47,7 @@ pub struct Runtime {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// External authorizers' decision caches, kept across reloads.
     pub decisions: crate::ext_authz::DecisionCaches,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// A configuration ready to serve.
@@ -61,11 +62,17 @@ pub struct RunningConfig {
     by_host: HashMap<String, ServiceId>,
     /// The policies covering this proxy's workload, for inbound traffic.
     pub authorizer: Arc<crate::authz::Authorizer>,
+    /// Access logs and tracing.
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// How inbound requests are labelled: the workload's service (or the proxy's name).
+    pub inbound_label: Arc<str>,
 }
 
 /// One service as its callers' proxies see it.
 pub struct ServiceConfig {
     pub id: ServiceId,
+    /// `id`, shared by metrics and logs.
+    pub label: Arc<str>,
     pub spec: Service,
     pub routes: Vec<CompiledRoute>,
     /// Used when no route matches: the whole service.
@@ -87,7 +94,7 @@ impl ServiceConfig {
 }
 
 pub struct CompiledRoute {
-    pub name: String,
+    pub name: Arc<str>,
     pub matcher: RouteMatcher,
     pub chain: Vec<Arc<dyn Element>>,
 }
@@ -126,6 +133,7 @@ impl RunningConfig {
                 Resource::Proxy(p) => settings = p.clone(),
                 Resource::Policy(p) => policies.push(p),
                 Resource::Tenant(t) => tenants.push(t),
+                Resource::Telemetry(_) => {}
                 Resource::Service(s) => {
                     specs.insert(service_id(&s.name, &s.namespace), s.clone());
                 }
@@ -161,10 +169,10 @@ impl RunningConfig {
             for (index, route) in spec.routes.iter().enumerate() {
                 let name = route.name.clone().unwrap_or_else(|| format!("route-{index}"));
                 let chain = elements::compile_route(spec, route, &name, &mut backends)?;
-                routes.push(CompiledRoute { name, matcher: RouteMatcher::new(&route.matches)?, chain });
+                routes.push(CompiledRoute { name: name.into(), matcher: RouteMatcher::new(&route.matches)?, chain });
             }
             let default_route = CompiledRoute {
-                name: "default".into(),
+                name: Arc::from("default"),
                 matcher: RouteMatcher::any(),
                 chain: elements::compile_route(spec, &Default::default(), "default", &mut backends)?,
             };
@@ -179,7 +187,7 @@ impl RunningConfig {
             }
             services.insert(
                 id.clone(),
-                Arc::new(ServiceConfig { id: id.clone(), spec: spec.clone(), routes, default_route, all }),
+                Arc::new(ServiceConfig { id: id.clone(), label: Arc::from(id.as_str()), spec: spec.clone(), routes, default_route, all }),
             );
         }
         // Without a workload (static mode) the namespace-wide policies of `default` apply.
@@ -195,7 +203,24 @@ impl RunningConfig {
             &runtime.decisions,
             &runtime.metrics,
         )?);
-        Ok(RunningConfig { version, documents, settings, services, by_address, by_ip, by_host, authorizer })
+        let telemetry = crate::telemetry::TelemetryConfig::compile(&documents, &settings);
+        let inbound_label: Arc<str> = match (&settings.workload, &settings.name) {
+            (Some(w), _) => Arc::from(service_id(&w.service, &w.namespace).as_str()),
+            (None, Some(name)) => Arc::from(name.as_str()),
+            (None, None) => Arc::from("app"),
+        };
+        Ok(RunningConfig {
+            version,
+            documents,
+            settings,
+            services,
+            by_address,
+            by_ip,
+            by_host,
+            authorizer,
+            telemetry,
+            inbound_label,
+        })
     }
 
     /// The service a connection to `target` is meant for: by virtual IP, or by an endpoint

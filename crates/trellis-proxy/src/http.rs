@@ -11,7 +11,7 @@ use crate::body::{self, Body};
 use crate::chain::{Connection, Element, Next};
 use crate::elements::{ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
 use crate::errors::{ProxyError, Reason, is_grpc};
-use crate::metrics::LatencyLabels;
+use crate::telemetry::{Observation, Outcome};
 use crate::upstream::Wire;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Largest request head (request line and headers) accepted.
@@ -118,7 +118,7 @@ impl Handler {
         let (mut parts, body) = request.into_parts();
         parts.headers.remove(PEER_IDENTITY_HEADER);
         let source = self.connection.peer_identity.as_deref();
-        let caller = source.map_or("plaintext", |s| s.uri.as_str());
+        let caller = source.map_or("plaintext", |s| &*s.uri);
         let metrics = &self.shared.runtime.metrics;
         let facts = crate::authz::Facts { source, port: self.connection.target.port(), http: Some(&parts) };
         if let crate::authz::Decision::Deny { policy, rule } = config.authorizer.check(&facts) {
@@ -139,67 +139,62 @@ impl Handler {
     }
 
     /// A request to a mesh service: checked at the tenant boundary, then its route's chain.
-    /// Returns (service, route, response) for metrics and logs.
     async fn to_service(
         &self,
         config: &crate::config::RunningConfig,
         svc: &crate::config::ServiceConfig,
         request: Request<Body>,
         grpc: bool,
-    ) -> (String, String, Response<Body>) {
+    ) -> Handled {
         let route = svc.route_for(&request);
+        let in_flight = Some(self.shared.runtime.telemetry.stats.start("outbound", &svc.label));
         let decision = config.authorizer.egress(&svc.spec.namespace);
-        if let crate::authz::Decision::Deny { rule, .. } = decision {
+        let response = if let crate::authz::Decision::Deny { rule, .. } = decision {
             tracing::info!(service = %svc.id, %rule, "call into another tenant refused");
-            return (
-                svc.id.clone(),
-                route.name.clone(),
-                ProxyError::new(Reason::Denied, "").rule(&rule).into_response(grpc),
-            );
-        }
-        (svc.id.clone(), route.name.clone(), Next::new(&route.chain).run(request).await)
+            ProxyError::new(Reason::Denied, "").rule(&rule).into_response(grpc)
+        } else {
+            Next::new(&route.chain).run(request).await
+        };
+        Handled { service: svc.label.clone(), route: route.name.clone(), in_flight, response }
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
         let config = self.shared.config();
+        let telemetry = &self.shared.runtime.telemetry;
         let mut request = request.map(body::boxed);
         request.extensions_mut().insert(self.connection.clone());
         let grpc = is_grpc(request.headers());
         let head = request.method() == http::Method::HEAD;
         let direction = self.side.direction();
-        // Kept for the access log; the request itself moves into the chain.
-        let logged = self.shared.access_log.as_ref().map(|_| {
-            (
-                request.method().clone(),
-                crate::routing::authority_of(&request),
-                request.uri().path().to_string(),
-                request.version(),
-            )
-        });
+        let observation = Observation::begin(&mut request, direction, &config.telemetry, telemetry);
 
-        let (service_label, route_label, response) = match &self.side {
+        let handled = match &self.side {
             Side::Inbound { app } => {
-                let label = config.settings.name.clone().unwrap_or_else(|| "app".into());
-                match self.authorize(&config, request).await {
-                    Err(denied) => (label, "inbound".to_string(), denied.into_response(grpc)),
+                let label = config.inbound_label.clone();
+                let in_flight = Some(telemetry.stats.start("inbound", &label));
+                let response = match self.authorize(&config, request).await {
+                    Err(denied) => denied.into_response(grpc),
                     Ok(mut request) => {
                         // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
                         let wire = request.headers().contains_key(ORIG_PROTO_HEADER).then_some(Wire::Http1);
-                        request.extensions_mut().insert(ForwardTo { addr: *app, label: label.clone(), wire });
-                        let chain = &self.shared.inbound_chain;
-                        (label, "inbound".to_string(), Next::new(chain).run(request).await)
+                        request.extensions_mut().insert(ForwardTo { addr: *app, label: label.to_string(), wire });
+                        Next::new(&self.shared.inbound_chain).run(request).await
                     }
-                }
+                };
+                Handled { service: label, route: Arc::from("inbound"), in_flight, response }
             }
             Side::Explicit { service } => match config.service_named(service) {
                 Some(svc) => self.to_service(&config, svc, request, grpc).await,
-                None => (
-                    service.clone(),
-                    String::new(),
-                    ProxyError::new(Reason::UnknownService, format!("service `{service}` is not in the configuration"))
-                        .into_response(grpc),
-                ),
+                None => Handled {
+                    service: Arc::from(service.as_str()),
+                    route: Arc::from(""),
+                    in_flight: None,
+                    response: ProxyError::new(
+                        Reason::UnknownService,
+                        format!("service `{service}` is not in the configuration"),
+                    )
+                    .into_response(grpc),
+                },
             },
             Side::Outbound { listener } => {
                 // Most captured requests are found by address; the authority is only read when not.
@@ -216,7 +211,12 @@ impl Handler {
                             label: "passthrough".into(),
                             wire: None,
                         });
-                        ("passthrough".into(), String::new(), Next::new(&self.shared.inbound_chain).run(request).await)
+                        Handled {
+                            service: Arc::from("passthrough"),
+                            route: Arc::from(""),
+                            in_flight: None,
+                            response: Next::new(&self.shared.inbound_chain).run(request).await,
+                        }
                     }
                     None => {
                         let authority = crate::routing::authority_of(&request);
@@ -224,64 +224,65 @@ impl Handler {
                             "no service is named by authority `{authority}` or address {}; declare one with `kind: Service` (its name, `hosts` or `addresses`)",
                             self.connection.target
                         );
-                        (
-                            String::new(),
-                            String::new(),
-                            ProxyError::new(Reason::UnknownService, detail).into_response(grpc),
-                        )
+                        Handled {
+                            service: Arc::from(""),
+                            route: Arc::from(""),
+                            in_flight: None,
+                            response: ProxyError::new(Reason::UnknownService, detail).into_response(grpc),
+                        }
                     }
                 }
             }
         };
 
-        let upstream = response.extensions().get::<UpstreamLabel>().map(|u| u.backend.clone()).unwrap_or_default();
-        if let Some(error) = response.extensions().get::<ProxyError>() {
-            self.shared.runtime.metrics.proxy_error(direction, error.reason.as_str());
-            tracing::info!(direction, service = %service_label, route = %route_label, peer = %self.connection.peer, error = %error, "proxy answered with an error");
+        let Handled { service, route, in_flight, response } = handled;
+        let error = response.extensions().get::<ProxyError>();
+        if let Some(error) = error {
+            self.shared.runtime.metrics.proxy_error(direction, &service, error.reason.as_str());
+            tracing::info!(direction, service = %service, route = %route, peer = %self.connection.peer, error = %error, "proxy answered with an error");
         }
-        let upstream = if upstream.is_empty() {
-            response.extensions().get::<ProxyError>().and_then(|e| e.upstream.clone()).unwrap_or_default()
-        } else {
-            upstream
+        let answered_by = response.extensions().get::<UpstreamLabel>();
+        let upstream: Arc<str> = match (answered_by, error) {
+            (Some(u), _) => Arc::from(u.backend.as_str()),
+            (None, Some(e)) => Arc::from(e.upstream.as_deref().unwrap_or("")),
+            (None, None) => Arc::from(""),
         };
-        let elapsed = started.elapsed();
-        if let (Some(log), Some((method, authority, path, version))) = (&self.shared.access_log, logged) {
-            let error = response.extensions().get::<ProxyError>();
-            log.record(&crate::access_log::Entry {
-                time: crate::access_log::rfc3339(std::time::SystemTime::now()),
-                direction,
-                service: &service_label,
-                route: &route_label,
-                upstream: &upstream,
-                endpoint: response
-                    .extensions()
-                    .get::<UpstreamLabel>()
-                    .map(|u| u.endpoint.to_string())
-                    .or_else(|| error.and_then(|e| e.endpoint).map(|e| e.to_string())),
-                method: method.as_str(),
-                authority: &authority,
-                path: &path,
-                protocol: if version == http::Version::HTTP_2 { "HTTP/2" } else { "HTTP/1.1" },
-                status: response.status().as_u16(),
-                duration_ms: elapsed.as_secs_f64() * 1000.0,
-                attempts: response.extensions().get::<crate::elements::Attempts>().map(|a| a.0).unwrap_or(1),
-                error: error.map(|e| e.reason.as_str()),
-                peer: self.connection.peer.to_string(),
-            });
-        }
-        self.shared.runtime.metrics.request(
-            LatencyLabels { direction, service: service_label, route: route_label, upstream },
-            response.status().as_u16(),
-            elapsed,
-        );
-        if head {
+        let endpoint = answered_by.map(|u| u.endpoint).or_else(|| error.and_then(|e| e.endpoint));
+        let own = self.shared.identity.uri();
+        let caller = self.connection.peer_identity.as_ref().map_or_else(|| Arc::from(""), |p| p.uri.clone());
+        let (source_identity, destination_identity) = match self.side {
+            Side::Inbound { .. } => (caller, own),
+            _ => (own, answered_by.and_then(|u| u.identity.clone()).unwrap_or_else(|| Arc::from(""))),
+        };
+        let outcome = Outcome {
+            service,
+            route,
+            upstream,
+            endpoint,
+            source_identity,
+            destination_identity,
+            error: error.map(|e| e.reason.as_str()),
+            attempts: response.extensions().get::<crate::elements::Attempts>().map(|a| a.0).unwrap_or(1),
+            in_flight,
+        };
+        let response = if head {
             // A HEAD response has no body, including the proxy's own answers; HTTP/1 drops one
             // by itself, but HTTP/2 would send it as DATA, which clients reject.
             let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, body::empty());
-        }
-        response
+            Response::from_parts(parts, body::empty())
+        } else {
+            response
+        };
+        observation.finish(response, outcome, &config.telemetry, telemetry)
     }
+}
+
+/// A request's service and route, and the response the chain gave.
+struct Handled {
+    service: Arc<str>,
+    route: Arc<str>,
+    in_flight: Option<crate::telemetry::stats::InFlightGuard>,
+    response: Response<Body>,
 }
 
 /// The chain used for inbound and pass-through requests: straight to a fixed address.

@@ -49,6 +49,8 @@ pub struct Identity {
     /// token or a saved certificate).
     configured: std::sync::atomic::AtomicBool,
     status: Mutex<IdentityStatus>,
+    /// The SPIFFE ID as metrics and spans label it, read on every request.
+    uri: std::sync::RwLock<Arc<str>>,
     renew_now: Notify,
     obtained: Notify,
 }
@@ -72,6 +74,7 @@ impl Default for Identity {
             live,
             configured: Default::default(),
             status: Mutex::default(),
+            uri: std::sync::RwLock::new(Arc::from("")),
             renew_now: Notify::new(),
             obtained: Notify::new(),
         }
@@ -101,6 +104,11 @@ impl Identity {
 
     pub fn is_configured(&self) -> bool {
         self.configured.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `spiffe://…` of this workload, empty without a certificate.
+    pub fn uri(&self) -> Arc<str> {
+        self.uri.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn status(&self) -> IdentityStatus {
@@ -160,6 +168,7 @@ impl Identity {
     fn install(&self, credentials: Credentials) {
         let (id, not_after, signer) = (credentials.id.to_string(), credentials.not_after, credentials.signer.clone());
         self.live.set_credentials(credentials);
+        *self.uri.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(id.as_str());
         self.set_status(|s| {
             s.spiffe_id = Some(id);
             s.not_after = Some(not_after);

@@ -10,7 +10,6 @@
 //! on the version they started with. On SIGTERM the proxy drains: it stops accepting, lets
 //! connections finish up to a deadline, then exits.
 
-pub mod access_log;
 pub mod admin;
 pub mod authz;
 pub mod balance;
@@ -29,6 +28,7 @@ pub mod listener;
 pub mod metrics;
 pub mod routing;
 pub mod tcp;
+pub mod telemetry;
 pub mod upstream;
 
 use arc_swap::ArcSwap;
@@ -49,8 +49,6 @@ pub struct Shared {
     pub inbound_chain: Vec<Arc<dyn chain::Element>>,
     /// Fixed application address for inbound traffic; `None` = original destination.
     pub inbound_forward: Option<SocketAddr>,
-    /// Fixed at start, like the listeners.
-    pub access_log: Option<access_log::AccessLog>,
     /// How the stream to the control plane is doing (`None` in static mode).
     pub control_status: Option<Arc<Mutex<control_client::ControlStatus>>>,
     /// The workload's certificate and the mesh TLS configurations (empty without one).
@@ -206,7 +204,6 @@ impl Proxy {
             .map_err(|e| anyhow::anyhow!("{}: cannot read the file: {e}", path.display()))?;
         let documents = trellis_api::parse_documents(&initial_text, &path.display().to_string())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let metrics = Arc::new(metrics::Metrics::new());
         let settings = documents
             .iter()
             .find_map(|d| match d {
@@ -217,25 +214,30 @@ impl Proxy {
         let identity = Arc::new(identity::Identity::default());
         let upstreams =
             Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark, identity: identity.clone() }));
+        let stats = Arc::new(telemetry::stats::RequestStats::default());
+        let telemetry = Arc::new(telemetry::Telemetry {
+            stats: stats.clone(),
+            access_log: telemetry::access_log::AccessLog::open(settings.access_log.as_deref().unwrap_or("stdout"))
+                .await?,
+            spans: telemetry::otlp::SpanExporter::start(upstreams.clone()),
+            taps: Default::default(),
+        });
+        let metrics = Arc::new(metrics::Metrics::new(stats, telemetry.clone()));
         let runtime = Runtime {
             upstreams: upstreams.clone(),
             endpoints: EndpointRegistry::default(),
             metrics: metrics.clone(),
             decisions: Default::default(),
+            telemetry,
         };
         let running = RunningConfig::compile(documents.clone(), &runtime)?;
         metrics.config_version(&running.version);
-        let access_log = match &settings.access_log {
-            Some(target) => Some(access_log::AccessLog::open(target).await?),
-            None => None,
-        };
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(running),
             runtime,
             inbound_chain: http::direct_chain(upstreams),
             inbound_forward: settings.inbound.as_ref().and_then(|i| i.forward),
-            access_log,
             control_status: settings
                 .control
                 .as_ref()

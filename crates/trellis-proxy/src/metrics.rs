@@ -1,4 +1,5 @@
-//! The proxy's Prometheus metrics, served on the admin `/metrics`.
+//! The proxy's Prometheus metrics, served on the admin `/metrics`: the request statistics
+//! table ([`RequestStats`], registered as a collector) plus counters of everything else.
 //!
 //! Labels are bounded: services, route names, backends and reasons come from configuration
 //! or fixed lists, never from raw paths or client input.
@@ -7,27 +8,15 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
-use std::time::Duration;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub direction: &'static str,
-    pub service: String,
-    pub route: String,
-    pub upstream: String,
-    pub status_class: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LatencyLabels {
-    pub direction: &'static str,
-    pub service: String,
-    pub route: String,
-    pub upstream: String,
-}
+use crate::telemetry::Telemetry;
+use crate::telemetry::stats::RequestStats;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
@@ -51,6 +40,7 @@ struct DetectLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     direction: &'static str,
+    service: String,
     reason: &'static str,
 }
 
@@ -97,14 +87,8 @@ struct ConfigLabels {
     version: String,
 }
 
-/// Latency buckets from 0.5 ms to 10 s.
-const LATENCY_BUCKETS: [f64; 15] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0];
-
 pub struct Metrics {
     registry: Mutex<Registry>,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<LatencyLabels, Histogram>,
     retries: Family<RouteLabels, Counter>,
     retry_budget_exhausted: Family<RouteLabels, Counter>,
     mirrors: Family<MirrorLabels, Counter>,
@@ -121,17 +105,13 @@ pub struct Metrics {
     current_version: Mutex<Option<String>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    /// Metrics for one proxy: request statistics come from `stats`, the export queues'
+    /// counters from `telemetry`.
+    pub fn new(stats: Arc<RequestStats>, telemetry: Arc<Telemetry>) -> Self {
         let mut registry = Registry::with_prefix("trellis");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        registry.register_collector(Box::new(stats));
+        registry.register_collector(Box::new(TelemetryCounters(telemetry)));
         let retries = Family::default();
         let retry_budget_exhausted = Family::default();
         let mirrors = Family::default();
@@ -141,8 +121,6 @@ impl Metrics {
         let tcp_bytes = Family::default();
         let reloads = Family::default();
         let config_info = Family::default();
-        registry.register("requests", "HTTP requests handled, by status class (1xx..5xx)", requests.clone());
-        registry.register("request_duration_seconds", "Time from request to response headers", latency.clone());
         registry.register("retries", "Extra attempts made by the retry element", retries.clone());
         registry.register(
             "retry_budget_exhausted",
@@ -186,8 +164,6 @@ impl Metrics {
         );
         Metrics {
             registry: Mutex::new(registry),
-            requests,
-            latency,
             retries,
             retry_budget_exhausted,
             mirrors,
@@ -203,26 +179,6 @@ impl Metrics {
             certificate_expiry,
             current_version: Mutex::new(None),
         }
-    }
-
-    pub fn request(&self, labels: LatencyLabels, status: u16, elapsed: Duration) {
-        let status_class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                direction: labels.direction,
-                service: labels.service.clone(),
-                route: labels.route.clone(),
-                upstream: labels.upstream.clone(),
-                status_class,
-            })
-            .inc();
-        self.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
     }
 
     pub fn retry(&self, service: &str, route: &str) {
@@ -241,8 +197,8 @@ impl Metrics {
         self.detections.get_or_create(&DetectLabels { direction, outcome }).inc();
     }
 
-    pub fn proxy_error(&self, direction: &'static str, reason: &'static str) {
-        self.proxy_errors.get_or_create(&ErrorLabels { direction, reason }).inc();
+    pub fn proxy_error(&self, direction: &'static str, service: &str, reason: &'static str) {
+        self.proxy_errors.get_or_create(&ErrorLabels { direction, service: service.to_string(), reason }).inc();
     }
 
     pub fn tcp_connection(&self, direction: &'static str, service: &str, sent: u64, received: u64) {
@@ -292,5 +248,46 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// What the access-log, span and tap queues did: dropped lines and spans, export results.
+#[derive(Debug)]
+struct TelemetryCounters(Arc<Telemetry>);
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Telemetry")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+impl Collector for TelemetryCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.0;
+        let family = encoder.encode_descriptor(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(t.access_log.dropped.load(Ordering::Relaxed)).encode(family)?;
+        let mut family =
+            encoder.encode_descriptor("spans", "Spans by export result (exported, failed, dropped)", None, MetricType::Counter)?;
+        for (result, value) in [
+            ("exported", t.spans.exported.load(Ordering::Relaxed)),
+            ("failed", t.spans.failed.load(Ordering::Relaxed)),
+            ("dropped", t.spans.dropped.load(Ordering::Relaxed)),
+        ] {
+            ConstCounter::new(value).encode(family.encode_family(&ResultLabels { result })?)?;
+        }
+        let family =
+            encoder.encode_descriptor("tap_events_missed", "Tap events a slow reader missed", None, MetricType::Counter)?;
+        ConstCounter::new(t.taps.missed.load(Ordering::Relaxed)).encode(family)?;
+        Ok(())
     }
 }

@@ -22,7 +22,8 @@ where
 {
     let config = shared.config();
     let (addr, label, connect_timeout, stats, peer) = match destination {
-        TcpDestination::Address(addr) => (addr, addr.to_string(), Duration::from_secs(1), None, None),
+        // Labelled as one series whatever the address, to keep metrics bounded.
+        TcpDestination::Address(addr) => (addr, "passthrough".to_string(), Duration::from_secs(1), None, None),
         TcpDestination::Service(id) => {
             let Some(service) = config.services.get(&id) else {
                 tracing::info!(service = %id, "opaque connection for an unknown service closed");
@@ -35,7 +36,7 @@ where
             let backend = &service.all;
             let Some(index) = backend.balancer.pick(None, &|_| false) else {
                 tracing::info!(service = %id, "opaque connection closed: no-healthy-endpoints");
-                shared.runtime.metrics.proxy_error(direction, "no-healthy-endpoints");
+                shared.runtime.metrics.proxy_error(direction, &id, "no-healthy-endpoints");
                 return;
             };
             let target = &backend.endpoints[index];
@@ -55,7 +56,7 @@ where
                 _ => "connect-failure",
             };
             tracing::info!(upstream = %label, endpoint = %addr, error = %e, "opaque connection closed: {reason}");
-            shared.runtime.metrics.proxy_error(direction, reason);
+            shared.runtime.metrics.proxy_error(direction, &label, reason);
             return;
         }
     };

@@ -31,6 +31,7 @@ impl ResourceKey {
             Resource::Proxy(p) => ResourceKey::new("Proxy", "-", p.name.as_deref().unwrap_or("-")),
             Resource::Policy(p) => ResourceKey::new("Policy", p.namespace.as_str(), p.name.0.as_str()),
             Resource::Tenant(t) => ResourceKey::new("Tenant", "-", t.name.0.as_str()),
+            Resource::Telemetry(t) => ResourceKey::new("Telemetry", t.namespace.as_str(), t.name.0.as_str()),
         }
     }
 }

@@ -25,6 +25,8 @@ pub const ORIG_PROTO_HEADER: &str = "x-trellis-orig-proto";
 pub struct UpstreamLabel {
     pub backend: String,
     pub endpoint: SocketAddr,
+    /// The SPIFFE ID the endpoint proved; `None` over plaintext.
+    pub identity: crate::upstream::PeerIdentity,
 }
 
 /// A fixed destination, for the inbound side: the local application.
@@ -97,7 +99,7 @@ pub async fn send(
     if let Err(e) = prepare(&mut request, wire, upgrading) {
         return ProxyError::new(Reason::BadRequest, e).upstream(label).into_response(grpc);
     }
-    match upstreams.send(addr, peer, wire, request, connect_timeout).await {
+    match upstreams.send(addr, peer.clone(), wire, request, connect_timeout).await {
         Ok(mut response) => {
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(client_upgrade) = client_upgrade
@@ -108,7 +110,7 @@ pub async fn send(
             let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), switching);
             let mut response = response.map(body::boxed);
-            response.extensions_mut().insert(UpstreamLabel { backend: label.to_string(), endpoint: addr });
+            response.extensions_mut().insert(UpstreamLabel { backend: label.to_string(), endpoint: addr, identity: peer });
             response
         }
         Err(e) => {

@@ -3,10 +3,7 @@
 //! Lines go through a bounded queue to a writer task, so a slow disk never delays
 //! requests; if the queue is full the line is dropped and counted instead.
 //!
-//! Fields: `time` (RFC 3339, UTC), `direction`, `service`, `route`, `upstream`, `endpoint`,
-//! `method`, `authority`, `path` (without the query string), `protocol`, `status`,
-//! `duration_ms` (to response headers), `attempts`, `error` (the proxy's reason, if it
-//! answered itself), `peer`.
+//! The fields are documented in `docs/observability.md`.
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,23 +13,36 @@ use tokio::sync::mpsc;
 
 const QUEUE: usize = 8192;
 
+/// One line. Identities are SPIFFE IDs (empty for plaintext); `latency_ms` runs to the
+/// response headers, `duration_ms` to the end of the response body.
 #[derive(Serialize)]
 pub struct Entry<'a> {
     pub time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
     pub direction: &'a str,
     pub service: &'a str,
     pub route: &'a str,
     pub upstream: &'a str,
     pub endpoint: Option<String>,
+    pub source_identity: &'a str,
+    pub destination_identity: &'a str,
     pub method: &'a str,
     pub authority: &'a str,
     pub path: &'a str,
     pub protocol: &'a str,
     pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u16>,
+    pub latency_ms: f64,
     pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
     pub attempts: u32,
+    pub retries: u32,
     pub error: Option<&'a str>,
-    pub peer: String,
 }
 
 pub struct AccessLog {

@@ -39,11 +39,20 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             }
         }
         "/metrics" => {
-            let mut r = Response::new(body::full(shared.runtime.metrics.encode()));
-            r.headers_mut().insert(
-                "content-type",
-                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-            );
+            // OpenMetrics for scrapers that ask for it (Prometheus does), else the classic format.
+            let openmetrics = request
+                .headers()
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+            let metrics = &shared.runtime.metrics;
+            let (text, content_type) = if openmetrics {
+                (metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            } else {
+                (metrics.encode_classic(), "text/plain; version=0.0.4; charset=utf-8")
+            };
+            let mut r = Response::new(body::full(text));
+            r.headers_mut().insert("content-type", http::HeaderValue::from_static(content_type));
             r
         }
         "/config" => {

@@ -240,7 +240,36 @@ impl Metrics {
         *current = Some(version.to_string());
     }
 
-    /// The Prometheus text exposition.
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not ask for
+    /// OpenMetrics (promtool, older agents): counters are named with their `_total` suffix
+    /// in HELP and TYPE, and there is no `# EOF`.
+    pub fn encode_classic(&self) -> String {
+        let open = self.encode();
+        let mut counters = std::collections::HashSet::new();
+        for line in open.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ")
+                && let Some((name, "counter")) = rest.split_once(' ')
+            {
+                counters.insert(name.to_string());
+            }
+        }
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());

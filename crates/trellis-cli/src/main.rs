@@ -394,8 +394,12 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {push_listen} for proxy streams"))?;
     println!("proxy streams on http://{}", push_socket.local_addr()?);
+    let telemetry = Arc::new(trellis_control::telemetry::TelemetryStore::default());
+    let taps = Arc::new(trellis_control::telemetry::tap::TapHub::default());
     let push = trellis_control::push::PushService::new(
         registry.clone(),
+        telemetry.clone(),
+        taps.clone(),
         snapshots.clone(),
         ca.clone(),
         args.allow_unauthenticated_proxies,
@@ -413,7 +417,8 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         }
     });
     println!("control plane listening on http://{}", listener.local_addr()?);
-    let control = Arc::new(trellis_control::api::ControlPlane { store, tokens, registry, snapshots, ca });
+    let control =
+        Arc::new(trellis_control::api::ControlPlane { store, tokens, registry, snapshots, ca, telemetry, taps });
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     axum::serve(listener, trellis_control::api::router(control))

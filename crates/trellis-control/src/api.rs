@@ -25,6 +25,9 @@ pub struct ControlPlane {
     /// The compiled view of the store, kept current by the snapshot builder; validation
     /// reads the stored services from it instead of parsing the store on every apply.
     pub snapshots: tokio::sync::watch::Receiver<Arc<crate::snapshot::Snapshot>>,
+    /// What the proxies report about their requests.
+    pub telemetry: Arc<crate::telemetry::TelemetryStore>,
+    pub taps: Arc<crate::telemetry::tap::TapHub>,
 }
 
 /// The API's routes.
@@ -44,6 +47,7 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/v1/proxies", get(proxies))
         .route("/v1/watch", get(watch))
         .route("/v1/endpoints/{namespace}/{service}", get(endpoints))
+        .merge(crate::telemetry::http::routes())
         .with_state(control)
 }
 
@@ -55,7 +59,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, message: message.into(), details: Vec::new() }
     }
 }
@@ -83,9 +87,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
-fn authenticate(control: &ControlPlane, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(crate) fn authenticate(control: &ControlPlane, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

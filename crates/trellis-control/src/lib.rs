@@ -10,7 +10,9 @@
 //! - [`snapshot`]: the compiler from resources + registry to each proxy's configuration.
 //! - [`ca`]: the certificate authority (managed root with rotation, or the operator's CA).
 //! - [`identity`]: the gRPC service that signs SVIDs for proxies that proved who they are.
-//! - [`push`]: the per-proxy gRPC stream that sends incremental updates and records ACK/NACK.
+//! - [`push`]: the per-proxy gRPC stream that sends incremental updates and records ACK/NACK,
+//!   and carries the proxies' telemetry reports and tap events back.
+//! - [`telemetry`]: aggregation of those reports into golden metrics, edges and live taps.
 
 pub mod api;
 pub mod auth;
@@ -20,3 +22,4 @@ pub mod push;
 pub mod registry;
 pub mod snapshot;
 pub mod store;
+pub mod telemetry;

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_protocol::v1::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
-use trellis_protocol::v1::{ConfigUpdate, Hello, ProxyMessage, Resource, proxy_message};
+use trellis_protocol::v1::{ConfigUpdate, Hello, ProxyMessage, Resource, TapControl, TapOpen, proxy_message};
 
 /// Keeps the snapshot current: rebuilt after every store commit and registry change, and
 /// expires proxies gone past their grace period.
@@ -76,6 +76,8 @@ pub fn spawn_snapshot_builder(
 
 pub struct PushService {
     registry: Arc<Registry>,
+    telemetry: Arc<crate::telemetry::TelemetryStore>,
+    taps: Arc<crate::telemetry::tap::TapHub>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ca: Arc<CertificateAuthority>,
     /// Accept proxies that prove no identity (they get no mTLS identity either).
@@ -85,11 +87,13 @@ pub struct PushService {
 impl PushService {
     pub fn new(
         registry: Arc<Registry>,
+        telemetry: Arc<crate::telemetry::TelemetryStore>,
+        taps: Arc<crate::telemetry::tap::TapHub>,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         ca: Arc<CertificateAuthority>,
         allow_unauthenticated: bool,
     ) -> ConfigDiscoveryServer<PushService> {
-        ConfigDiscoveryServer::new(PushService { registry, snapshots, ca, allow_unauthenticated })
+        ConfigDiscoveryServer::new(PushService { registry, telemetry, taps, snapshots, ca, allow_unauthenticated })
     }
 
     /// The SPIFFE ID the Hello proves, checked against the workload it claims.
@@ -151,6 +155,9 @@ impl ConfigDiscovery for PushService {
             stream,
             workload,
             registry: self.registry.clone(),
+            telemetry: self.telemetry.clone(),
+            taps: self.taps.clone(),
+            taps_sent: BTreeMap::new(),
             held: hello.known.clone().into_iter().collect(),
             accepted: hello.known.into_iter().collect(),
             pending: BTreeMap::new(),
@@ -191,6 +198,10 @@ struct Session {
     stream: u64,
     workload: Workload,
     registry: Arc<Registry>,
+    telemetry: Arc<crate::telemetry::TelemetryStore>,
+    taps: Arc<crate::telemetry::tap::TapHub>,
+    /// Taps opened on this proxy: id → filter.
+    taps_sent: BTreeMap<String, String>,
     /// What the proxy holds once every update sent so far is applied: name → hash.
     held: BTreeMap<String, String>,
     /// What the proxy last accepted, to fall back to after a NACK.
@@ -208,7 +219,8 @@ impl Session {
         tx: mpsc::Sender<Result<ConfigUpdate, Status>>,
     ) {
         let snapshot = snapshots.borrow_and_update().clone();
-        if self.push(&snapshot, &tx).await.is_err() {
+        let mut open_taps = self.taps.subscribe();
+        if self.push(&snapshot, &tx).await.is_err() || self.follow_taps(&mut open_taps, &tx).await.is_err() {
             self.registry.disconnect(&self.proxy_id, self.stream);
             return;
         }
@@ -218,6 +230,11 @@ impl Session {
                     Ok(Some(message)) => self.receive(message),
                     Ok(None) | Err(_) => break,
                 },
+                changed = open_taps.changed() => {
+                    if changed.is_err() || self.follow_taps(&mut open_taps, &tx).await.is_err() {
+                        break;
+                    }
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         break;
@@ -251,8 +268,42 @@ impl Session {
                     .then(|| (beat.certificate_signer.clone(), beat.certificate_not_after));
                 self.registry.heartbeat(&self.proxy_id, self.stream, beat.ready, certificate)
             }
+            Some(proxy_message::Kind::Telemetry(report)) => {
+                let workload = if self.workload.service.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}.{}", self.workload.service, self.workload.namespace)
+                };
+                self.telemetry.record(&self.proxy_id, &workload, &report);
+            }
+            Some(proxy_message::Kind::TapEvents(batch)) => {
+                for event in batch.events {
+                    self.taps.deliver(&self.proxy_id, &event.tap_id, &event.event_json);
+                }
+            }
             Some(proxy_message::Kind::Hello(_)) | None => {}
         }
+    }
+
+    /// Opens and closes taps on the proxy to match the hub's open taps.
+    async fn follow_taps(
+        &mut self,
+        open_taps: &mut watch::Receiver<BTreeMap<String, String>>,
+        tx: &mpsc::Sender<Result<ConfigUpdate, Status>>,
+    ) -> Result<(), ()> {
+        let wanted = open_taps.borrow_and_update().clone();
+        let open: Vec<TapOpen> = wanted
+            .iter()
+            .filter(|(id, _)| !self.taps_sent.contains_key(*id))
+            .map(|(id, filter)| TapOpen { id: id.clone(), filter_json: filter.clone() })
+            .collect();
+        let close: Vec<String> = self.taps_sent.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
+        if open.is_empty() && close.is_empty() {
+            return Ok(());
+        }
+        self.taps_sent = wanted;
+        let update = ConfigUpdate { tap: Some(TapControl { open, close }), ..Default::default() };
+        tx.send(Ok(update)).await.map_err(|_| ())
     }
 
     /// Sends the difference between the proxy's share of `snapshot` and what it holds.
@@ -277,6 +328,6 @@ impl Session {
         self.held = holdings;
         self.registry.sent(&self.proxy_id, self.stream, &version);
         tracing::debug!(proxy = %self.proxy_id, %version, upserts = upserts.len(), removals = removals.len(), "pushing");
-        tx.send(Ok(ConfigUpdate { nonce, version, upserts, removals })).await.map_err(|_| ())
+        tx.send(Ok(ConfigUpdate { nonce, version, upserts, removals, tap: None })).await.map_err(|_| ())
     }
 }

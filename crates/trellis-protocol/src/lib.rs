@@ -14,6 +14,19 @@ pub mod otlp {
     tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
 }
 
+/// Upper bounds of the request latency buckets, in seconds (100 µs to 10 s; +Inf follows):
+/// the proxies' histograms and the control plane's percentiles must agree on them.
+pub const LATENCY_BOUNDS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Whether a response counts as a failure in success rates: a 5xx status (`status_class`
+/// 5), or a gRPC status meaning the server failed — the OpenTelemetry convention for server
+/// spans: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS. Client
+/// errors (4xx, NOT_FOUND, PERMISSION_DENIED, …) are the caller's and count as successes.
+pub fn is_failure(status_class: u32, grpc_status: Option<u16>) -> bool {
+    status_class >= 5 || matches!(grpc_status, Some(2 | 4 | 12 | 13 | 14 | 15))
+}
+
 /// A stable 64-bit content hash (FNV-1a), printed as 16 hex digits. Stable across
 /// processes and versions, unlike std's hasher, because proxies and the control plane
 /// compare the hashes each computed.

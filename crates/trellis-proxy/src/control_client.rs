@@ -363,17 +363,32 @@ async fn session(
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut told_draining = shared.is_draining();
+    let telemetry = shared.runtime.telemetry.clone();
+    let mut reporter = crate::telemetry::report::Reporter::default();
+    let mut taps = crate::telemetry::report::RemoteTaps::new(tx.clone());
     loop {
         let outgoing = tokio::select! {
             message = inbound.message() => match message {
-                Ok(Some(update)) => {
+                Ok(Some(mut update)) => {
+                    if let Some(control) = update.tap.take() {
+                        taps.apply(&telemetry, control);
+                    }
+                    if update.nonce.is_empty() {
+                        continue; // a tap change only: nothing to apply or acknowledge
+                    }
                     *updated = true;
                     handle_update(shared, &control.state_dir, pushed, update, status).await
                 }
                 Ok(None) => return "the control plane closed the stream".to_string(),
                 Err(s) => return format!("stream failed: {}", status_text(&s)),
             },
-            _ = ticks.tick() => heartbeat(!shared.is_draining()),
+            _ = ticks.tick() => {
+                let report = reporter.report(&telemetry);
+                if tx.send(ProxyMessage { kind: Some(Kind::Telemetry(report)) }).await.is_err() {
+                    return "the stream to the control plane closed".to_string();
+                }
+                heartbeat(!shared.is_draining())
+            }
             // Tell the control plane at once, so it stops sending traffic here.
             _ = draining(drain), if !told_draining => {
                 told_draining = true;
@@ -535,6 +550,7 @@ mod tests {
             version,
             upserts,
             removals: removals.iter().map(|s| s.to_string()).collect(),
+            tap: None,
         }
     }
 

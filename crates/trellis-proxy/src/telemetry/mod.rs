@@ -12,6 +12,7 @@
 
 pub mod access_log;
 pub mod otlp;
+pub mod report;
 pub mod stats;
 pub mod tap;
 pub mod trace_context;

@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// Upper bounds of the latency buckets, in seconds: 100 µs to 10 s.
-pub const LATENCY_BOUNDS: [f64; 16] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub use trellis_protocol::LATENCY_BOUNDS;
 
 /// Status classes 1xx..5xx, indexed 0..5.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -65,11 +63,9 @@ pub struct Outcome {
     pub response_bytes: u64,
 }
 
-/// Whether a response counts as a failure in success rates: HTTP 5xx, or a gRPC status
-/// that means the server failed (the OpenTelemetry convention for server spans: UNKNOWN,
-/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+/// Whether a response counts as a failure in success rates (see [`trellis_protocol::is_failure`]).
 pub fn is_failure(status: u16, grpc_status: Option<u16>) -> bool {
-    status >= 500 || matches!(grpc_status, Some(2 | 4 | 12 | 13 | 14 | 15))
+    trellis_protocol::is_failure(if status >= 500 { 5 } else { 1 }, grpc_status)
 }
 
 fn class_index(status: u16) -> usize {

@@ -37,6 +37,37 @@ impl Connection {
         }
     }
 
+    /// The token, for handing to the dashboard.
+    pub fn token_value(&self) -> anyhow::Result<Option<String>> {
+        self.token()
+    }
+
+    /// Opens a streaming GET (JSON lines) and returns the response once its headers arrive;
+    /// an error status is turned into an error with the API's message.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let mut request = http::Request::builder().method(http::Method::GET).uri(&url);
+        if let Some(token) = self.token()? {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new())).with_context(|| format!("bad URL {url}"))?;
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+            .await
+            .with_context(|| format!("no answer from the control plane at {} within 30 s", self.server))?
+            .with_context(|| {
+                format!("cannot reach the control plane at {} (is `trellis control` running?)", self.server)
+            })?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            let json = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            return Err(api_error(status, &json));
+        }
+        Ok(response)
+    }
+
     /// Sends a request and returns (status, JSON body).
     pub async fn call(
         &self,

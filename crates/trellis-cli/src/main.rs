@@ -4,6 +4,7 @@
 
 mod ca;
 mod client;
+mod observe;
 mod resources;
 
 use anyhow::Context;
@@ -119,6 +120,85 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+    /// Golden metrics per service (or route, or subset): meshed proxies, success rate,
+    /// requests per second, latency percentiles over a window.
+    #[command(after_help = "Example:\n  trellis stat\n  trellis stat reviews -n shop --by subset --window 1m\n  trellis stat --by route -o json\n\n\
+        A service's row comes from its own proxies (inbound) when it has any, else from its\n\
+        callers' proxies. Routes and subsets are chosen by callers, so --by route|subset shows\n\
+        the callers' view. Proxies report every 5 s; windows reach back 15 minutes.")]
+    Stat {
+        /// Only this service (`NAME` or `NAME.NAMESPACE`).
+        service: Option<String>,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, value_parser = ["service", "route", "subset"], default_value = "service")]
+        by: String,
+        #[arg(long, short = 'w', default_value = "30s")]
+        window: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The busiest routes, refreshed live.
+    #[command(after_help = "Example:\n  trellis top\n  trellis top -n shop --interval 5\n  trellis top -o json   # once, as JSON")]
+    Top {
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, short = 'w', default_value = "10s")]
+        window: String,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Who calls whom, at what rate and success rate, with which mTLS identities.
+    #[command(after_help = "Example:\n  trellis edges\n  trellis edges -n shop -o json")]
+    Edges {
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, short = 'w', default_value = "30s")]
+        window: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Stream live requests to or from a service: method, path, status, latency, identities.
+    #[command(after_help = "Example:\n  trellis tap reviews\n  trellis tap reviews.shop --method POST --path-prefix /api --min-status 500\n  \
+        trellis tap web --max 20 -o json")]
+    Tap {
+        /// The service (`NAME` or `NAME.NAMESPACE`); every service when left out.
+        service: Option<String>,
+        #[arg(long, value_parser = ["inbound", "outbound"])]
+        direction: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long)]
+        method: Option<String>,
+        #[arg(long)]
+        path_prefix: Option<String>,
+        /// Only responses with at least this status, e.g. 500.
+        #[arg(long)]
+        min_status: Option<u16>,
+        /// Only requests from or to this SPIFFE ID.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Stop after this many requests.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Stop after this long, e.g. 30s (default 10m).
+        #[arg(long)]
+        duration: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print the web dashboard's address (service graph, golden metrics, live tap, history).
+    #[command(after_help = "Example:\n  trellis dashboard --token-file ./trellis-data/admin.token\n  trellis dashboard --open\n\n\
+        The address carries your token after `#`, which the browser keeps to itself; the\n\
+        dashboard is served by the control plane and needs nothing from the internet.")]
+    Dashboard {
+        /// Open it in the default browser.
+        #[arg(long)]
+        open: bool,
     },
     /// Inspect the mesh's certificate authority and rotate its root.
     #[command(after_help = "Example:\n  trellis ca status\n  trellis ca rotate\n  \
@@ -299,6 +379,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(resources::create_token(&conn, request))
         }
         Command::Proxy { config } => runtime()?.block_on(run_proxy(config)),
+        Command::Stat { service, namespace, by, window, output } => {
+            runtime()?.block_on(observe::stat(&conn, observe::StatArgs { service, namespace, by, window, output }))
+        }
+        Command::Top { namespace, window, interval, output } => {
+            runtime()?.block_on(observe::top(&conn, namespace, window, std::time::Duration::from_secs(interval.max(1)), output))
+        }
+        Command::Edges { namespace, window, output } => runtime()?.block_on(observe::edges(&conn, namespace, window, output)),
+        Command::Tap { service, direction, route, method, path_prefix, min_status, identity, max, duration, output } => {
+            let args = observe::TapArgs {
+                service,
+                direction,
+                route,
+                method,
+                path_prefix,
+                min_status,
+                identity,
+                max,
+                duration,
+                output,
+            };
+            runtime()?.block_on(observe::tap(&conn, args))
+        }
+        Command::Dashboard { open } => runtime()?.block_on(observe::dashboard(&conn, open)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "trellis", &mut std::io::stdout());

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 
-#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     #[default]
     Table,

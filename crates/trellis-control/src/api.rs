@@ -48,6 +48,7 @@ pub fn router(control: Arc<ControlPlane>) -> Router {
         .route("/v1/watch", get(watch))
         .route("/v1/endpoints/{namespace}/{service}", get(endpoints))
         .merge(crate::telemetry::http::routes())
+        .merge(crate::dashboard::routes())
         .with_state(control)
 }
 

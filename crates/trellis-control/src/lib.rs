@@ -13,10 +13,12 @@
 //! - [`push`]: the per-proxy gRPC stream that sends incremental updates and records ACK/NACK,
 //!   and carries the proxies' telemetry reports and tap events back.
 //! - [`telemetry`]: aggregation of those reports into golden metrics, edges and live taps.
+//! - [`dashboard`]: the web dashboard's embedded assets.
 
 pub mod api;
 pub mod auth;
 pub mod ca;
+pub mod dashboard;
 pub mod identity;
 pub mod push;
 pub mod registry;

@@ -30,9 +30,14 @@ pub struct ProxySettings {
     #[serde(default = "ProxySettings::default_mark")]
     pub mark: u32,
     /// Where to write access logs (one JSON line per request): `stdout`, `stderr` or a file
-    /// path. Off when unset.
+    /// path. With it set, logs are on unless the namespace's `kind: Telemetry` turns them
+    /// off; without it, a Telemetry that turns them on writes to stdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<String>,
+    /// Per-request statistics (`trellis_requests_total` and friends, `trellis stat`). On by
+    /// default; turning them off exists to measure what they cost.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub request_metrics: bool,
     /// The control plane that pushes services and endpoints to this proxy. Without it the
     /// proxy runs on this file alone (static mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +112,14 @@ impl ProxySettings {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
@@ -119,6 +132,7 @@ impl Default for ProxySettings {
             drain_timeout: Self::default_drain_timeout(),
             mark: Self::default_mark(),
             access_log: None,
+            request_metrics: true,
             control: None,
             workload: None,
         }

@@ -147,7 +147,10 @@ impl Handler {
         grpc: bool,
     ) -> Handled {
         let route = svc.route_for(&request);
-        let in_flight = Some(self.shared.runtime.telemetry.stats.start("outbound", &svc.label));
+        let in_flight = config
+            .telemetry
+            .request_metrics
+            .then(|| self.shared.runtime.telemetry.stats.start("outbound", &svc.label));
         let decision = config.authorizer.egress(&svc.spec.namespace);
         let response = if let crate::authz::Decision::Deny { rule, .. } = decision {
             tracing::info!(service = %svc.id, %rule, "call into another tenant refused");
@@ -171,7 +174,7 @@ impl Handler {
         let handled = match &self.side {
             Side::Inbound { app } => {
                 let label = config.inbound_label.clone();
-                let in_flight = Some(telemetry.stats.start("inbound", &label));
+                let in_flight = config.telemetry.request_metrics.then(|| telemetry.stats.start("inbound", &label));
                 let response = match self.authorize(&config, request).await {
                     Err(denied) => denied.into_response(grpc),
                     Ok(mut request) => {
@@ -241,6 +244,7 @@ impl Handler {
             self.shared.runtime.metrics.proxy_error(direction, &service, error.reason.as_str());
             tracing::info!(direction, service = %service, route = %route, peer = %self.connection.peer, error = %error, "proxy answered with an error");
         }
+        let Some(observation) = observation else { return bodiless_if_head(response, head) };
         let answered_by = response.extensions().get::<UpstreamLabel>();
         let upstream: Arc<str> = match (answered_by, error) {
             (Some(u), _) => Arc::from(u.backend.as_str()),
@@ -265,16 +269,18 @@ impl Handler {
             attempts: response.extensions().get::<crate::elements::Attempts>().map(|a| a.0).unwrap_or(1),
             in_flight,
         };
-        let response = if head {
-            // A HEAD response has no body, including the proxy's own answers; HTTP/1 drops one
-            // by itself, but HTTP/2 would send it as DATA, which clients reject.
-            let (parts, _) = response.into_parts();
-            Response::from_parts(parts, body::empty())
-        } else {
-            response
-        };
-        observation.finish(response, outcome, &config.telemetry, telemetry)
+        observation.finish(bodiless_if_head(response, head), outcome, &config.telemetry, telemetry)
     }
+}
+
+/// A HEAD response has no body, including the proxy's own answers; HTTP/1 drops one by
+/// itself, but HTTP/2 would send it as DATA, which clients reject.
+fn bodiless_if_head(response: Response<Body>, head: bool) -> Response<Body> {
+    if !head {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, body::empty())
 }
 
 /// A request's service and route, and the response the chain gave.

@@ -42,6 +42,7 @@ pub struct Telemetry {
 /// Access logs and tracing as the current configuration sets them.
 #[derive(Debug, Default, PartialEq)]
 pub struct TelemetryConfig {
+    pub request_metrics: bool,
     pub access_log: Option<AccessLogChoice>,
     pub tracing: Option<Tracing>,
 }
@@ -90,7 +91,7 @@ impl TelemetryConfig {
                 sampling: t.sampling_percent.0 / 100.0,
             }
         });
-        TelemetryConfig { access_log, tracing }
+        TelemetryConfig { request_metrics: settings.request_metrics, access_log, tracing }
     }
 }
 
@@ -121,6 +122,8 @@ pub struct Observation {
     facts: Option<RequestFacts>,
     request_bytes: Arc<AtomicU64>,
     grpc: bool,
+    /// Whether the statistics table counts this request.
+    metrics: bool,
 }
 
 /// The labels of a finished request, known once the response headers are.
@@ -138,13 +141,17 @@ pub struct Outcome {
 
 impl Observation {
     /// Starts observing `request`: reads (and for the next hop, rewrites) its trace
-    /// context and counts its body.
+    /// context and counts its body. `None` when nothing is recorded at all (statistics,
+    /// logs and tracing off, no tap open).
     pub fn begin(
         request: &mut Request<Body>,
         direction: &'static str,
         config: &TelemetryConfig,
         telemetry: &Telemetry,
-    ) -> Observation {
+    ) -> Option<Observation> {
+        if !config.request_metrics && config.access_log.is_none() && config.tracing.is_none() && !telemetry.taps.is_open() {
+            return None;
+        }
         let started = Instant::now();
         let grpc = crate::errors::is_grpc(request.headers());
         let mut span = None;
@@ -168,7 +175,7 @@ impl Observation {
         let request_bytes = Arc::new(AtomicU64::new(0));
         let body = std::mem::replace(request.body_mut(), body::empty());
         *request.body_mut() = body::boxed(Counted { inner: body, bytes: request_bytes.clone() });
-        Observation { started, direction, span, trace_id, facts, request_bytes, grpc }
+        Some(Observation { started, direction, span, trace_id, facts, request_bytes, grpc, metrics: config.request_metrics })
     }
 
     /// Wraps the response so the request is recorded when its body ends.
@@ -329,7 +336,8 @@ impl Record {
             source_identity: outcome.source_identity.clone(),
             destination_identity: outcome.destination_identity.clone(),
         };
-        telemetry.stats.record(
+        if observation.metrics {
+            telemetry.stats.record(
             &key,
             &stats::Outcome {
                 status,
@@ -339,6 +347,7 @@ impl Record {
                 response_bytes,
             },
         );
+        }
         drop(outcome.in_flight);
         let Some(facts) = &observation.facts else { return };
         let trace_id = observation.span.as_ref().map(|s| s.trace_id).or(observation.trace_id);

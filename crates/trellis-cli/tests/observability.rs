@@ -11,8 +11,14 @@ use trellis_testkit::backend::spawn_backend;
 use trellis_testkit::http::free_port;
 
 /// Sends `rate` requests per second, open loop, until stopped; every tenth request asks the
-/// backend for a 503.
-fn steady_load(url: String, rate: u64, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+/// backend for a 503. Counts requests sent and responses received.
+fn steady_load(
+    url: String,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         rt.block_on(async move {
@@ -26,10 +32,11 @@ fn steady_load(url: String, rate: u64, stop: Arc<AtomicBool>, sent: Arc<AtomicU6
                 let request = ::http::Request::get(format!("{url}{path}"))
                     .body(trellis_testkit::http::full_body(bytes::Bytes::new()))
                     .unwrap();
-                let client = client.clone();
+                let (client, answered) = (client.clone(), answered.clone());
                 tokio::spawn(async move {
                     if let Ok(response) = client.request(request).await {
                         let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                        answered.fetch_add(1, Ordering::Relaxed);
                     }
                 });
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -77,7 +84,8 @@ fn stat_top_edges_and_tap_report_a_known_load() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let load = steady_load(url.clone(), 100, stop.clone(), sent.clone());
+    let answered = Arc::new(AtomicU64::new(0));
+    let load = steady_load(url.clone(), 100, stop.clone(), sent.clone(), answered.clone());
     let started = Instant::now();
 
     // While the load runs: a tap sees live failing requests, with both identities.
@@ -95,13 +103,29 @@ fn stat_top_edges_and_tap_report_a_known_load() {
     }
 
     // After 25 s of steady load, a 10 s window lies wholly inside it.
+    std::thread::sleep(Duration::from_secs(15).saturating_sub(started.elapsed()));
+    let answered_at_15s = answered.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(25).saturating_sub(started.elapsed()));
+    // What the client itself saw over the last 10 s: if the machine could not deliver the
+    // load, the comparison below would be about the machine, not the mesh.
+    let delivered = (answered.load(Ordering::Relaxed) - answered_at_15s) as f64 / 10.0;
     let stat = json(&mesh.cli(&["stat", "-n", "shop", "--window", "10s", "-o", "json"]));
     let row = stat["items"].as_array().unwrap().iter().find(|r| r["service"] == "reviews").cloned();
     let row = row.unwrap_or_else(|| panic!("no reviews row: {stat:#}"));
     let (rps, success) = (row["rps"].as_f64().unwrap(), row["successRate"].as_f64().unwrap());
-    eprintln!("stat: rps {rps:.2}, success rate {success:.4}, p50 {} ms, p99 {} ms", row["p50Ms"], row["p99Ms"]);
-    assert!((90.0..=110.0).contains(&rps), "RPS {rps} is not 100 ± 10%: {row:#}");
+    eprintln!(
+        "stat: rps {rps:.2}, success rate {success:.4}, p50 {} ms, p99 {} ms; the client got {delivered:.1} answers/s, sent {}",
+        row["p50Ms"],
+        row["p99Ms"],
+        sent.load(Ordering::Relaxed)
+    );
+    // The load is what the client delivered; on a machine busy with other tests it can fall
+    // short of the 100/s it aimed at, and then stat must report what really happened.
+    assert!(delivered >= 50.0, "the test machine could not deliver the load: {delivered:.1} answers/s");
+    assert!(
+        (delivered * 0.9..=delivered * 1.1).contains(&rps),
+        "RPS {rps} is not the delivered {delivered:.1}/s ± 10%: {row:#}"
+    );
     assert!((0.88..=0.92).contains(&success), "success rate {success} is not 90% ± 2 points: {row:#}");
     assert_eq!(row["meshed"], 1);
     assert_eq!(row["seenFrom"], "inbound");
@@ -117,7 +141,10 @@ fn stat_top_edges_and_tap_report_a_known_load() {
     assert_eq!(items_route["successRate"], 1.0);
     assert_eq!(default_route["successRate"], 0.0);
     let route_rps = items_route["rps"].as_f64().unwrap();
-    assert!((81.0..=99.0).contains(&route_rps), "items route: {route_rps} req/s, expected 90 ± 10%");
+    assert!(
+        (delivered * 0.9 * 0.9..=delivered * 0.9 * 1.1).contains(&route_rps),
+        "items route: {route_rps} req/s, expected 90% of {delivered:.1} ± 10%"
+    );
 
     // Who calls whom: web → reviews over mTLS.
     let edges = json(&mesh.cli(&["edges", "-n", "shop", "--window", "10s", "-o", "json"]));

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# telemetry-overhead.sh: what per-request metrics and access logs cost the proxies.
+#
+#   bench/telemetry-overhead.sh
+#
+# Builds the release binaries, then drives the same open-loop load (trellis-bench) through a
+# client proxy → server proxy → backend pair (HTTP/2 between the proxies), alternating two
+# configurations ROUNDS times each, each with a fresh pair:
+#
+#   off   requestMetrics: false, no access log: the proxies record nothing per request
+#   on    request statistics (the default) and a JSON access log line per request on both
+#         proxies, written to a file
+#
+# For each run it records the CPU seconds both proxies used over the measured window
+# (utime+stime from /proc) and reports CPU per 10,000 requests per configuration (median of
+# the rounds) and the difference. Tracing is left out: it is off unless a Telemetry document
+# samples traces.
+#
+# Knobs: RATE=1000, DURATION=30s, WARMUP=5s, CONNECTIONS=16, ROUNDS=3,
+# REQUEST_PATH=/bytes/1024, OUT_DIR=bench/results, BIN_DIR (use built binaries).
+# Writes bench/results/telemetry-overhead-<date>.md and prints it.
+
+set -euo pipefail
+
+RATE=${RATE:-1000}
+DURATION=${DURATION:-30s}
+WARMUP=${WARMUP:-5s}
+CONNECTIONS=${CONNECTIONS:-16}
+ROUNDS=${ROUNDS:-3}
+REQUEST_PATH=${REQUEST_PATH:-/bytes/1024}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
+
+BENCH_NAME=telemetry-overhead
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+
+need curl "apt-get install curl"
+need getconf
+need awk
+if command -v jq >/dev/null 2>&1; then JSON=jq; elif command -v python3 >/dev/null 2>&1; then JSON=python3; else
+    die "jq or python3 is needed to read trellis-bench's JSON (apt-get install jq)"
+fi
+CLK_TCK=$(getconf CLK_TCK)
+
+if [[ -n ${BIN_DIR:-} ]]; then
+    BIN=$(cd "$BIN_DIR" && pwd)
+else
+    need cargo "install Rust with rustup"
+    say "building release binaries (cargo build --release)…"
+    (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
+        || die "the release build failed (see above)"
+    BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
+fi
+
+# shellcheck source=bench/proxy-lib.sh
+source "$ROOT/bench/proxy-lib.sh"
+
+case $REQUEST_PATH in /bytes/*) EXPECTED_BYTES=${REQUEST_PATH#/bytes/} ;; *) die "REQUEST_PATH must be /bytes/N" ;; esac
+start backend "$BIN/trellis-test-backend" --listen 127.0.0.1:0 http
+BACKEND_PID=$STARTED_PID
+for _ in $(seq 100); do
+    BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
+    [[ -n $BACKEND_PORT ]] && break
+    sleep 0.1
+done
+[[ -n $BACKEND_PORT ]] || die "the backend did not say where it listens"
+
+declare -a OFF_CPU=() ON_CPU=() OFF_P99=() ON_P99=()
+LOG_LINES=0
+for round in $(seq "$ROUNDS"); do
+    for mode in off on; do
+        label=$mode-$round
+        if [[ $mode == off ]]; then
+            PAIR_SERVER_EXTRA="requestMetrics: false" PAIR_CLIENT_EXTRA="requestMetrics: false"
+        else
+            PAIR_SERVER_EXTRA="accessLog: '$TMP/$label-server.access.log'"
+            PAIR_CLIENT_EXTRA="accessLog: '$TMP/$label-client.access.log'"
+        fi
+        proxy_pair "$label" true
+        measure "$label" "$CLIENT_URL" client="$CLIENT_PID" server="$SERVER_PID"
+        stop "$CLIENT_PID"
+        stop "$SERVER_PID"
+        ok=$(jget "$TMP/$label.json" ok)
+        ticks=$(awk '{ t += $4 } END { print t }' "$TMP/$label.procs")
+        cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$ok" 'BEGIN { printf "%.3f", t / hz / n * 10000 }')
+        p99=$(jget "$TMP/$label.json" latency_ms.p99)
+        if [[ $mode == off ]]; then OFF_CPU+=("$cpu"); OFF_P99+=("$p99"); else
+            ON_CPU+=("$cpu"); ON_P99+=("$p99")
+            LOG_LINES=$(cat "$TMP/$label-client.access.log" "$TMP/$label-server.access.log" | wc -l)
+        fi
+        say "$label: both proxies $cpu CPU s per 10k requests, p99 $p99 ms"
+    done
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+OFF=$(median "${OFF_CPU[@]}")
+ON=$(median "${ON_CPU[@]}")
+COST=$(awk -v a="$ON" -v b="$OFF" 'BEGIN { printf "%+.1f", (a - b) / b * 100 }')
+
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+mkdir -p "$OUT_DIR"
+OUT="$OUT_DIR/telemetry-overhead-$STAMP.md"
+CPU_MODEL=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+{
+    echo "# Telemetry overhead — $STAMP"
+    echo
+    echo "Commit $COMMIT on $(nproc) × $CPU_MODEL. Load: $RATE req/s, $DURATION (after $WARMUP warm-up), $CONNECTIONS HTTP/1.1 connections, GET $REQUEST_PATH; client proxy → HTTP/2 → server proxy → backend; $ROUNDS rounds, alternating."
+    echo
+    echo "| run | both proxies' CPU s per 10k requests | p99 ms |"
+    echo "|---|---|---|"
+    for i in $(seq 0 $((ROUNDS - 1))); do
+        echo "| off, round $((i + 1)) | ${OFF_CPU[i]} | ${OFF_P99[i]} |"
+        echo "| on, round $((i + 1)) | ${ON_CPU[i]} | ${ON_P99[i]} |"
+    done
+    echo
+    echo "**Median: off $OFF, on $ON CPU s per 10k requests: metrics and access logs cost $COST% of proxy CPU.**"
+    echo
+    echo "\"on\" wrote $LOG_LINES access log lines in its last round (both proxies, warm-up included)."
+} >"$OUT"
+cat "$OUT"
+say "report: $OUT"

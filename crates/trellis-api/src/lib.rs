@@ -31,8 +31,8 @@ pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use parse::{parse_documents, parse_documents_in, parse_file};
 pub use policy::{
-    Action as PolicyAction, AuthorizerUrl, HttpUrl, EgressRule, ExternalAuthorization, MtlsMode, Operation, Policy, PolicyRule,
-    Source, SpiffeId, Tenant,
+    Action as PolicyAction, AuthorizerUrl, EgressRule, ExternalAuthorization, HttpUrl, MtlsMode, Operation, Policy,
+    PolicyRule, Source, SpiffeId, Tenant,
 };
 pub use proxy::{
     ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings,

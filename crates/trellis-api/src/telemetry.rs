@@ -64,7 +64,9 @@ impl<'de> Deserialize<'de> for SamplingPercent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = f64::deserialize(d)?;
         if !(0.0..=100.0).contains(&value) {
-            return Err(serde::de::Error::custom(format!("{value} is not a percentage: use 0 to 100 (e.g. 10 for one request in ten)")));
+            return Err(serde::de::Error::custom(format!(
+                "{value} is not a percentage: use 0 to 100 (e.g. 10 for one request in ten)"
+            )));
         }
         Ok(SamplingPercent(value))
     }

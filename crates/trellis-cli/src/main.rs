@@ -123,10 +123,12 @@ enum Command {
     },
     /// Golden metrics per service (or route, or subset): meshed proxies, success rate,
     /// requests per second, latency percentiles over a window.
-    #[command(after_help = "Example:\n  trellis stat\n  trellis stat reviews -n shop --by subset --window 1m\n  trellis stat --by route -o json\n\n\
+    #[command(
+        after_help = "Example:\n  trellis stat\n  trellis stat reviews -n shop --by subset --window 1m\n  trellis stat --by route -o json\n\n\
         A service's row comes from its own proxies (inbound) when it has any, else from its\n\
         callers' proxies. Routes and subsets are chosen by callers, so --by route|subset shows\n\
-        the callers' view. Proxies report every 5 s; windows reach back 15 minutes.")]
+        the callers' view. Proxies report every 5 s; windows reach back 15 minutes."
+    )]
     Stat {
         /// Only this service (`NAME` or `NAME.NAMESPACE`).
         service: Option<String>,
@@ -140,7 +142,9 @@ enum Command {
         output: Output,
     },
     /// The busiest routes, refreshed live.
-    #[command(after_help = "Example:\n  trellis top\n  trellis top -n shop --interval 5\n  trellis top -o json   # once, as JSON")]
+    #[command(
+        after_help = "Example:\n  trellis top\n  trellis top -n shop --interval 5\n  trellis top -o json   # once, as JSON"
+    )]
     Top {
         #[arg(long, short = 'n')]
         namespace: Option<String>,
@@ -163,8 +167,10 @@ enum Command {
         output: Output,
     },
     /// Stream live requests to or from a service: method, path, status, latency, identities.
-    #[command(after_help = "Example:\n  trellis tap reviews\n  trellis tap reviews.shop --method POST --path-prefix /api --min-status 500\n  \
-        trellis tap web --max 20 -o json")]
+    #[command(
+        after_help = "Example:\n  trellis tap reviews\n  trellis tap reviews.shop --method POST --path-prefix /api --min-status 500\n  \
+        trellis tap web --max 20 -o json"
+    )]
     Tap {
         /// The service (`NAME` or `NAME.NAMESPACE`); every service when left out.
         service: Option<String>,
@@ -192,9 +198,11 @@ enum Command {
         output: Output,
     },
     /// Print the web dashboard's address (service graph, golden metrics, live tap, history).
-    #[command(after_help = "Example:\n  trellis dashboard --token-file ./trellis-data/admin.token\n  trellis dashboard --open\n\n\
+    #[command(
+        after_help = "Example:\n  trellis dashboard --token-file ./trellis-data/admin.token\n  trellis dashboard --open\n\n\
         The address carries your token after `#`, which the browser keeps to itself; the\n\
-        dashboard is served by the control plane and needs nothing from the internet.")]
+        dashboard is served by the control plane and needs nothing from the internet."
+    )]
     Dashboard {
         /// Open it in the default browser.
         #[arg(long)]
@@ -382,11 +390,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stat { service, namespace, by, window, output } => {
             runtime()?.block_on(observe::stat(&conn, observe::StatArgs { service, namespace, by, window, output }))
         }
-        Command::Top { namespace, window, interval, output } => {
-            runtime()?.block_on(observe::top(&conn, namespace, window, std::time::Duration::from_secs(interval.max(1)), output))
+        Command::Top { namespace, window, interval, output } => runtime()?.block_on(observe::top(
+            &conn,
+            namespace,
+            window,
+            std::time::Duration::from_secs(interval.max(1)),
+            output,
+        )),
+        Command::Edges { namespace, window, output } => {
+            runtime()?.block_on(observe::edges(&conn, namespace, window, output))
         }
-        Command::Edges { namespace, window, output } => runtime()?.block_on(observe::edges(&conn, namespace, window, output)),
-        Command::Tap { service, direction, route, method, path_prefix, min_status, identity, max, duration, output } => {
+        Command::Tap {
+            service,
+            direction,
+            route,
+            method,
+            path_prefix,
+            min_status,
+            identity,
+            max,
+            duration,
+            output,
+        } => {
             let args = observe::TapArgs {
                 service,
                 direction,

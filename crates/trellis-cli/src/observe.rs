@@ -99,7 +99,8 @@ pub async fn stat(conn: &Connection, args: StatArgs) -> anyhow::Result<()> {
 }
 
 pub async fn edges(conn: &Connection, namespace: Option<String>, window: String, output: Output) -> anyhow::Result<()> {
-    let body = get(conn, &format!("/v1/edges{}", query(&[("window", Some(window.clone())), ("namespace", namespace)]))).await?;
+    let body = get(conn, &format!("/v1/edges{}", query(&[("window", Some(window.clone())), ("namespace", namespace)])))
+        .await?;
     if output != Output::Table {
         return crate::resources::print(output, &body, |_| {});
     }
@@ -133,8 +134,17 @@ pub async fn edges(conn: &Connection, namespace: Option<String>, window: String,
 }
 
 /// The busiest routes, refreshed every `interval` (once with `-o json`).
-pub async fn top(conn: &Connection, namespace: Option<String>, window: String, interval: Duration, output: Output) -> anyhow::Result<()> {
-    let path = format!("/v1/stats{}", query(&[("by", Some("route".into())), ("window", Some(window.clone())), ("namespace", namespace)]));
+pub async fn top(
+    conn: &Connection,
+    namespace: Option<String>,
+    window: String,
+    interval: Duration,
+    output: Output,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "/v1/stats{}",
+        query(&[("by", Some("route".into())), ("window", Some(window.clone())), ("namespace", namespace)])
+    );
     loop {
         let body = get(conn, &path).await?;
         let mut items = body["items"].as_array().cloned().unwrap_or_default();

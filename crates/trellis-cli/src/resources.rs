@@ -32,7 +32,9 @@ pub fn canonical_kind(kind: &str) -> anyhow::Result<String> {
         "policy" | "policies" | "pol" => Ok("Policy".into()),
         "tenant" | "tenants" => Ok("Tenant".into()),
         "telemetry" | "telemetries" => Ok("Telemetry".into()),
-        other => anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, policy, tenant, telemetry, proxy"),
+        other => {
+            anyhow::bail!("unknown kind `{other}`; valid kinds: service, endpoints, policy, tenant, telemetry, proxy")
+        }
     }
 }
 

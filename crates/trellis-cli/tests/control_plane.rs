@@ -162,7 +162,10 @@ fn invalid_documents_get_specific_errors_and_change_nothing() {
             "kind: Sevice\nname: a\n".into(),
             "f.yaml:1:7: kind: unknown kind `Sevice`; expected one of Service, Endpoints, Policy, Tenant, Telemetry, Proxy",
         ),
-        ("name: a\n".into(), "f.yaml:1:1: kind: missing; expected one of Service, Endpoints, Policy, Tenant, Telemetry, Proxy"),
+        (
+            "name: a\n".into(),
+            "f.yaml:1:1: kind: missing; expected one of Service, Endpoints, Policy, Tenant, Telemetry, Proxy",
+        ),
         ("kind: Service\nname: Reviews\n".into(), "f.yaml:2:7: name: `Reviews` is not a valid name"),
         (split(10, 80), "routes[0].to: weights add up to 90 (10 + 80); they must add up to 100"),
         (

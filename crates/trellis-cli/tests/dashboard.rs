@@ -49,7 +49,9 @@ fn dashboard_shows_the_services_with_traffic() {
         ),
     );
     for admin in [reviews_admin, web_admin] {
-        wait_until("proxy ready", Duration::from_secs(30), || http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200));
+        wait_until("proxy ready", Duration::from_secs(30), || {
+            http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
+        });
     }
     let url = format!("http://127.0.0.1:{explicit}/items");
     wait_until("reviews reachable", Duration::from_secs(30), || http_status(&url) == Some(200));

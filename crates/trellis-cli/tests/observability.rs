@@ -75,7 +75,9 @@ fn stat_top_edges_and_tap_report_a_known_load() {
         ),
     );
     for admin in [reviews_admin, web_admin] {
-        wait_until("proxy ready", Duration::from_secs(30), || http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200));
+        wait_until("proxy ready", Duration::from_secs(30), || {
+            http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
+        });
     }
     let url = format!("http://127.0.0.1:{explicit}");
     wait_until("reviews reachable through the mesh", Duration::from_secs(30), || {
@@ -90,7 +92,8 @@ fn stat_top_edges_and_tap_report_a_known_load() {
 
     // While the load runs: a tap sees live failing requests, with both identities.
     std::thread::sleep(Duration::from_secs(3));
-    let tapped = mesh.cli(&["tap", "reviews.shop", "--min-status", "500", "--max", "4", "--duration", "20s", "-o", "json"]);
+    let tapped =
+        mesh.cli(&["tap", "reviews.shop", "--min-status", "500", "--max", "4", "--duration", "20s", "-o", "json"]);
     let events: Vec<serde_json::Value> = tapped.lines().map(json).collect();
     assert_eq!(events.len(), 4, "tap output:\n{tapped}");
     for event in &events {
@@ -131,10 +134,14 @@ fn stat_top_edges_and_tap_report_a_known_load() {
     assert_eq!(row["seenFrom"], "inbound");
     assert!(row["p99Ms"].as_f64().unwrap() > 0.0);
     let web_row = stat["items"].as_array().unwrap().iter().find(|r| r["service"] == "web");
-    assert!(web_row.is_some_and(|r| r["meshed"] == 1 && r["requests"] == 0), "idle meshed services are listed: {stat:#}");
+    assert!(
+        web_row.is_some_and(|r| r["meshed"] == 1 && r["requests"] == 0),
+        "idle meshed services are listed: {stat:#}"
+    );
 
     // Per route, from the caller's side: the `items` route carries the successes only.
-    let by_route = json(&mesh.cli(&["stat", "reviews", "-n", "shop", "--by", "route", "--window", "10s", "-o", "json"]));
+    let by_route =
+        json(&mesh.cli(&["stat", "reviews", "-n", "shop", "--by", "route", "--window", "10s", "-o", "json"]));
     let routes = by_route["items"].as_array().unwrap();
     let items_route = routes.iter().find(|r| r["route"] == "items").unwrap_or_else(|| panic!("{by_route:#}"));
     let default_route = routes.iter().find(|r| r["route"] == "default").unwrap_or_else(|| panic!("{by_route:#}"));

@@ -101,8 +101,9 @@ pub struct CompiledRoute {
 
 /// A set of endpoints traffic can be sent to: a service, or one subset of it.
 pub struct Backend {
-    /// `service` or `service/subset`, as in metrics and errors.
-    pub label: String,
+    /// `service` or `service/subset`, as in metrics and errors (shared, so metrics can tell
+    /// it apart by pointer).
+    pub label: Arc<str>,
     pub endpoints: Vec<Target>,
     pub balancer: Balancer,
     pub hash_on: Option<trellis_api::HashOn>,
@@ -187,7 +188,14 @@ impl RunningConfig {
             }
             services.insert(
                 id.clone(),
-                Arc::new(ServiceConfig { id: id.clone(), label: Arc::from(id.as_str()), spec: spec.clone(), routes, default_route, all }),
+                Arc::new(ServiceConfig {
+                    id: id.clone(),
+                    label: Arc::from(id.as_str()),
+                    spec: spec.clone(),
+                    routes,
+                    default_route,
+                    all,
+                }),
             );
         }
         // Without a workload (static mode) the namespace-wide policies of `default` apply.
@@ -322,7 +330,13 @@ impl BackendBuilder<'_> {
             None => id.clone(),
         };
         let connect_timeout = spec.map(|s| s.resilience.connect_timeout.get()).unwrap_or(Duration::from_secs(1));
-        let backend = Arc::new(Backend { label, endpoints: targets, balancer, hash_on: lb.hash_on, connect_timeout });
+        let backend = Arc::new(Backend {
+            label: label.into(),
+            endpoints: targets,
+            balancer,
+            hash_on: lb.hash_on,
+            connect_timeout,
+        });
         self.built.insert(key, backend.clone());
         backend
     }

@@ -107,7 +107,8 @@ impl ExternalCheck {
         parts: &http::request::Parts,
         metrics: &Metrics,
     ) -> Result<(), ProxyError> {
-        let key = (source.map_or(String::new(), |s| s.uri.to_string()), parts.method.clone(), parts.uri.path().to_string());
+        let key =
+            (source.map_or(String::new(), |s| s.uri.to_string()), parts.method.clone(), parts.uri.path().to_string());
         let cached = (!self.ttl.is_zero()).then(|| self.cache.get(&key)).flatten();
         let answer = match cached {
             Some(allowed) => {

@@ -11,6 +11,7 @@ use crate::body::{self, Body};
 use crate::chain::{Connection, Element, Next};
 use crate::elements::{ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
 use crate::errors::{ProxyError, Reason, is_grpc};
+use crate::telemetry::stats::{ConnectionStats, StatsKey};
 use crate::telemetry::{Observation, Outcome};
 use crate::upstream::Wire;
 use http::{Request, Response};
@@ -18,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -51,7 +52,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut drain = shared.drain_signal();
-    let handler = Arc::new(Handler { side, connection, shared: shared.clone() });
+    let handler = Arc::new(Handler { side, connection, shared: shared.clone(), stats: Default::default() });
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.handle(request).await) }
@@ -100,7 +101,13 @@ struct Handler {
     side: Side,
     connection: Connection,
     shared: Arc<Shared>,
+    stats: Arc<ConnectionStats>,
 }
+
+/// Labels used for many requests, shared so metrics compare them by pointer.
+static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+static PASSTHROUGH: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("passthrough"));
+static INBOUND: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("inbound"));
 
 /// The verified SPIFFE ID of the caller, set on requests to the application; a value sent
 /// by the client is always removed first.
@@ -150,7 +157,7 @@ impl Handler {
         let in_flight = config
             .telemetry
             .request_metrics
-            .then(|| self.shared.runtime.telemetry.stats.start("outbound", &svc.label));
+            .then(|| self.stats.start(&self.shared.runtime.telemetry.stats, "outbound", &svc.label));
         let decision = config.authorizer.egress(&svc.spec.namespace);
         let response = if let crate::authz::Decision::Deny { rule, .. } = decision {
             tracing::info!(service = %svc.id, %rule, "call into another tenant refused");
@@ -174,23 +181,24 @@ impl Handler {
         let handled = match &self.side {
             Side::Inbound { app } => {
                 let label = config.inbound_label.clone();
-                let in_flight = config.telemetry.request_metrics.then(|| telemetry.stats.start("inbound", &label));
+                let in_flight =
+                    config.telemetry.request_metrics.then(|| self.stats.start(&telemetry.stats, "inbound", &label));
                 let response = match self.authorize(&config, request).await {
                     Err(denied) => denied.into_response(grpc),
                     Ok(mut request) => {
                         // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
                         let wire = request.headers().contains_key(ORIG_PROTO_HEADER).then_some(Wire::Http1);
-                        request.extensions_mut().insert(ForwardTo { addr: *app, label: label.to_string(), wire });
+                        request.extensions_mut().insert(ForwardTo { addr: *app, label: label.clone(), wire });
                         Next::new(&self.shared.inbound_chain).run(request).await
                     }
                 };
-                Handled { service: label, route: Arc::from("inbound"), in_flight, response }
+                Handled { service: label, route: INBOUND.clone(), in_flight, response }
             }
             Side::Explicit { service } => match config.service_named(service) {
                 Some(svc) => self.to_service(&config, svc, request, grpc).await,
                 None => Handled {
                     service: Arc::from(service.as_str()),
-                    route: Arc::from(""),
+                    route: EMPTY.clone(),
                     in_flight: None,
                     response: ProxyError::new(
                         Reason::UnknownService,
@@ -211,12 +219,12 @@ impl Handler {
                         // Not a mesh service: pass through to where the client was going.
                         request.extensions_mut().insert(ForwardTo {
                             addr: self.connection.target,
-                            label: "passthrough".into(),
+                            label: PASSTHROUGH.clone(),
                             wire: None,
                         });
                         Handled {
-                            service: Arc::from("passthrough"),
-                            route: Arc::from(""),
+                            service: PASSTHROUGH.clone(),
+                            route: EMPTY.clone(),
                             in_flight: None,
                             response: Next::new(&self.shared.inbound_chain).run(request).await,
                         }
@@ -228,8 +236,8 @@ impl Handler {
                             self.connection.target
                         );
                         Handled {
-                            service: Arc::from(""),
-                            route: Arc::from(""),
+                            service: EMPTY.clone(),
+                            route: EMPTY.clone(),
                             in_flight: None,
                             response: ProxyError::new(Reason::UnknownService, detail).into_response(grpc),
                         }
@@ -247,27 +255,24 @@ impl Handler {
         let Some(observation) = observation else { return bodiless_if_head(response, head) };
         let answered_by = response.extensions().get::<UpstreamLabel>();
         let upstream: Arc<str> = match (answered_by, error) {
-            (Some(u), _) => Arc::from(u.backend.as_str()),
-            (None, Some(e)) => Arc::from(e.upstream.as_deref().unwrap_or("")),
-            (None, None) => Arc::from(""),
+            (Some(u), _) => u.backend.clone(),
+            (None, Some(e)) => e.upstream.as_deref().map_or_else(|| EMPTY.clone(), Arc::from),
+            (None, None) => EMPTY.clone(),
         };
         let endpoint = answered_by.map(|u| u.endpoint).or_else(|| error.and_then(|e| e.endpoint));
         let own = self.shared.identity.uri();
-        let caller = self.connection.peer_identity.as_ref().map_or_else(|| Arc::from(""), |p| p.uri.clone());
+        let caller = self.connection.peer_identity.as_ref().map_or_else(|| EMPTY.clone(), |p| p.uri.clone());
         let (source_identity, destination_identity) = match self.side {
             Side::Inbound { .. } => (caller, own),
-            _ => (own, answered_by.and_then(|u| u.identity.clone()).unwrap_or_else(|| Arc::from(""))),
+            _ => (own, answered_by.and_then(|u| u.identity.clone()).unwrap_or_else(|| EMPTY.clone())),
         };
         let outcome = Outcome {
-            service,
-            route,
-            upstream,
+            labels: StatsKey { direction, service, route, upstream, source_identity, destination_identity },
             endpoint,
-            source_identity,
-            destination_identity,
             error: error.map(|e| e.reason.as_str()),
             attempts: response.extensions().get::<crate::elements::Attempts>().map(|a| a.0).unwrap_or(1),
             in_flight,
+            connection: self.stats.clone(),
         };
         observation.finish(bodiless_if_head(response, head), outcome, &config.telemetry, telemetry)
     }

@@ -217,8 +217,7 @@ impl Proxy {
         let stats = Arc::new(telemetry::stats::RequestStats::default());
         let telemetry = Arc::new(telemetry::Telemetry {
             stats: stats.clone(),
-            access_log: telemetry::access_log::AccessLog::open(settings.access_log.as_deref().unwrap_or("stdout"))
-                .await?,
+            access_log: telemetry::access_log::AccessLog::open(settings.access_log.as_deref().unwrap_or("stdout"))?,
             spans: telemetry::otlp::SpanExporter::start(upstreams.clone()),
             taps: Default::default(),
         });

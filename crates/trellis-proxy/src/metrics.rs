@@ -4,17 +4,17 @@
 //! Labels are bounded: services, route names, backends and reasons come from configuration
 //! or fixed lists, never from raw paths or client input.
 
+use crate::telemetry::Telemetry;
+use crate::telemetry::stats::RequestStats;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use crate::telemetry::Telemetry;
-use crate::telemetry::stats::RequestStats;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -305,8 +305,12 @@ impl Collector for TelemetryCounters {
             MetricType::Counter,
         )?;
         ConstCounter::new(t.access_log.dropped.load(Ordering::Relaxed)).encode(family)?;
-        let mut family =
-            encoder.encode_descriptor("spans", "Spans by export result (exported, failed, dropped)", None, MetricType::Counter)?;
+        let mut family = encoder.encode_descriptor(
+            "spans",
+            "Spans by export result (exported, failed, dropped)",
+            None,
+            MetricType::Counter,
+        )?;
         for (result, value) in [
             ("exported", t.spans.exported.load(Ordering::Relaxed)),
             ("failed", t.spans.failed.load(Ordering::Relaxed)),
@@ -314,8 +318,12 @@ impl Collector for TelemetryCounters {
         ] {
             ConstCounter::new(value).encode(family.encode_family(&ResultLabels { result })?)?;
         }
-        let family =
-            encoder.encode_descriptor("tap_events_missed", "Tap events a slow reader missed", None, MetricType::Counter)?;
+        let family = encoder.encode_descriptor(
+            "tap_events_missed",
+            "Tap events a slow reader missed",
+            None,
+            MetricType::Counter,
+        )?;
         ConstCounter::new(t.taps.missed.load(Ordering::Relaxed)).encode(family)?;
         Ok(())
     }

@@ -23,7 +23,7 @@ where
     let config = shared.config();
     let (addr, label, connect_timeout, stats, peer) = match destination {
         // Labelled as one series whatever the address, to keep metrics bounded.
-        TcpDestination::Address(addr) => (addr, "passthrough".to_string(), Duration::from_secs(1), None, None),
+        TcpDestination::Address(addr) => (addr, "passthrough".into(), Duration::from_secs(1), None, None),
         TcpDestination::Service(id) => {
             let Some(service) = config.services.get(&id) else {
                 tracing::info!(service = %id, "opaque connection for an unknown service closed");

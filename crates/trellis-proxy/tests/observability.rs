@@ -120,7 +120,12 @@ fn prometheus_scrapes_the_request_counts_that_were_sent() {
     command.arg(format!("--web.listen-address=127.0.0.1:{web}"));
     let prometheus = ChildProcess::spawn(command).expect("start prometheus");
     let query = |promql: &str| -> Option<f64> {
-        let out = curl(&["-G", &format!("http://127.0.0.1:{web}/api/v1/query"), "--data-urlencode", &format!("query={promql}")]);
+        let out = curl(&[
+            "-G",
+            &format!("http://127.0.0.1:{web}/api/v1/query"),
+            "--data-urlencode",
+            &format!("query={promql}"),
+        ]);
         let json: serde_json::Value = serde_json::from_str(&out).ok()?;
         json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     };
@@ -161,7 +166,8 @@ impl Received {
     fn pair(&self, trace: &[u8]) -> (otlp::Span, otlp::Span) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let spans: Vec<otlp::Span> = self.spans().into_iter().map(|(_, s)| s).filter(|s| s.trace_id == trace).collect();
+            let spans: Vec<otlp::Span> =
+                self.spans().into_iter().map(|(_, s)| s).filter(|s| s.trace_id == trace).collect();
             let client = spans.iter().find(|s| s.kind == otlp::span::SpanKind::Client as i32);
             let server = spans.iter().find(|s| s.kind == otlp::span::SpanKind::Server as i32);
             if let (Some(c), Some(s)) = (client, server) {
@@ -199,7 +205,8 @@ fn otlp_receiver() -> (SocketAddr, Received, std::thread::JoinHandle<()>) {
                             let status = match otlp::ExportTraceServiceRequest::decode(body) {
                                 Ok(export) if path_ok => {
                                     for resource_spans in export.resource_spans {
-                                        let resource = resource_spans.resource.map(|r| r.attributes).unwrap_or_default();
+                                        let resource =
+                                            resource_spans.resource.map(|r| r.attributes).unwrap_or_default();
                                         for scope in resource_spans.scope_spans {
                                             for span in scope.spans {
                                                 store.0.lock().unwrap().push((resource.clone(), span));
@@ -281,8 +288,13 @@ fn spans_link_parent_and_child_across_two_hops() {
     assert_eq!(client.name, "GET web.default");
     assert!(client.start_time_unix_nano <= server.start_time_unix_nano);
     assert!(server.end_time_unix_nano <= client.end_time_unix_nano, "the server span ends within the client span");
-    assert!(matches!(attribute(&client.attributes, "trellis.route"), Some(otlp::any_value::Value::StringValue(r)) if r == "api"));
-    assert!(matches!(attribute(&server.attributes, "http.response.status_code"), Some(otlp::any_value::Value::IntValue(200))));
+    assert!(
+        matches!(attribute(&client.attributes, "trellis.route"), Some(otlp::any_value::Value::StringValue(r)) if r == "api")
+    );
+    assert!(matches!(
+        attribute(&server.attributes, "http.response.status_code"),
+        Some(otlp::any_value::Value::IntValue(200))
+    ));
     let resources: Vec<String> = received
         .spans()
         .iter()
@@ -291,7 +303,10 @@ fn spans_link_parent_and_child_across_two_hops() {
             _ => None,
         })
         .collect();
-    assert!(resources.contains(&"client-proxy".to_string()) && resources.contains(&"web-proxy".to_string()), "{resources:?}");
+    assert!(
+        resources.contains(&"client-proxy".to_string()) && resources.contains(&"web-proxy".to_string()),
+        "{resources:?}"
+    );
 
     // B3 (multi-header, 64-bit trace id): the same links, and the app gets B3 headers back.
     let out = curl(&[
@@ -327,7 +342,8 @@ fn spans_link_parent_and_child_across_two_hops() {
 
     // A caller that decided not to sample is obeyed by both proxies, and the decision travels on.
     let unsampled = "11111111111111111111111111111111";
-    let out = curl(&["-H", &format!("traceparent: 00-{unsampled}-00f067aa0ba902b7-00"), &format!("http://{}/", mesh.entry)]);
+    let out =
+        curl(&["-H", &format!("traceparent: 00-{unsampled}-00f067aa0ba902b7-00"), &format!("http://{}/", mesh.entry)]);
     assert!(header(&backend_headers(&out), "traceparent").ends_with("-00"));
     std::thread::sleep(Duration::from_secs(2));
     assert!(received.spans().iter().all(|(_, s)| s.trace_id != unhex(unsampled)), "an unsampled trace exports nothing");
@@ -352,7 +368,13 @@ fn access_logs_follow_the_namespace_telemetry() {
     let errors_only = a_config.replace("accessLog: {enabled: false}", "accessLog: {errorsOnly: true}");
     mesh.a.reconfigure(&errors_only.replace(&mesh.a.admin.to_string(), "{admin}"));
     curl(&[&format!("http://{}/api/fine", mesh.entry)]);
-    curl(&["-H", "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "--data-binary", "12345", &format!("http://{}/status/502", mesh.entry)]);
+    curl(&[
+        "-H",
+        "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "--data-binary",
+        "12345",
+        &format!("http://{}/status/502", mesh.entry),
+    ]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let line = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -376,7 +398,17 @@ fn access_logs_follow_the_namespace_telemetry() {
     assert_eq!(entry["request_bytes"], 5);
     assert!(entry["response_bytes"].as_u64().unwrap() > 0);
     assert_eq!(entry["retries"], 0);
-    for field in ["time", "endpoint", "source_identity", "destination_identity", "latency_ms", "duration_ms", "protocol", "attempts", "error"] {
+    for field in [
+        "time",
+        "endpoint",
+        "source_identity",
+        "destination_identity",
+        "latency_ms",
+        "duration_ms",
+        "protocol",
+        "attempts",
+        "error",
+    ] {
         assert!(entry.get(field).is_some(), "field {field} missing: {entry}");
     }
 }

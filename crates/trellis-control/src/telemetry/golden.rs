@@ -32,8 +32,8 @@ impl Golden {
             req_bps += row.delta.request_bytes as f64 / row.seconds;
             resp_bps += row.delta.response_bytes as f64 / row.seconds;
         }
-        let success_rate =
-            (total.requests > 0).then(|| (total.requests - total.failures.min(total.requests)) as f64 / total.requests as f64);
+        let success_rate = (total.requests > 0)
+            .then(|| (total.requests - total.failures.min(total.requests)) as f64 / total.requests as f64);
         let quantile = |q: f64| quantile_ms(&total.latency, q);
         Golden {
             requests: total.requests,
@@ -119,8 +119,10 @@ pub fn stat_rows(
     in_flight: &std::collections::HashMap<(String, String), i64>,
 ) -> Vec<StatRow> {
     // Requests the proxy refused before knowing a service are not any service's.
-    let rows: Vec<&WindowSeries> = rows.iter().filter(|r| !r.key.service.is_empty() && r.key.service != "passthrough").collect();
-    let mut groups: BTreeMap<(String, Option<String>, Option<String>, &'static str), Vec<&WindowSeries>> = BTreeMap::new();
+    let rows: Vec<&WindowSeries> =
+        rows.iter().filter(|r| !r.key.service.is_empty() && r.key.service != "passthrough").collect();
+    let mut groups: BTreeMap<(String, Option<String>, Option<String>, &'static str), Vec<&WindowSeries>> =
+        BTreeMap::new();
     match by {
         GroupBy::Service => {
             let served: BTreeSet<&str> =
@@ -142,7 +144,9 @@ pub fn stat_rows(
             for row in rows.iter().filter(|r| r.key.direction == "outbound") {
                 let (route, subset) = match by {
                     GroupBy::Route => (Some(row.key.route.clone()), None),
-                    _ => (None, Some(row.key.upstream.rsplit_once('/').map_or("-".to_string(), |(_, s)| s.to_string()))),
+                    _ => {
+                        (None, Some(row.key.upstream.rsplit_once('/').map_or("-".to_string(), |(_, s)| s.to_string())))
+                    }
                 };
                 groups.entry((row.key.service.clone(), route, subset, "outbound")).or_default().push(row);
             }
@@ -185,13 +189,20 @@ pub struct Edge {
 /// Edges from the callers' proxies' outbound series; a service no meshed caller reported
 /// gets its edges from its own inbound series (caller: the source identity, or `unmeshed`).
 pub fn edges(rows: &[WindowSeries]) -> Vec<Edge> {
-    let rows: Vec<&WindowSeries> = rows.iter().filter(|r| !r.key.service.is_empty() && r.key.service != "passthrough").collect();
+    let rows: Vec<&WindowSeries> =
+        rows.iter().filter(|r| !r.key.service.is_empty() && r.key.service != "passthrough").collect();
     let called: BTreeSet<&str> =
         rows.iter().filter(|r| r.key.direction == "outbound").map(|r| r.key.service.as_str()).collect();
     let mut groups: BTreeMap<(String, String), Vec<&WindowSeries>> = BTreeMap::new();
     for row in &rows {
         let from = match row.key.direction.as_str() {
-            "outbound" => if row.workload.is_empty() { row.proxy.clone() } else { row.workload.clone() },
+            "outbound" => {
+                if row.workload.is_empty() {
+                    row.proxy.clone()
+                } else {
+                    row.workload.clone()
+                }
+            }
             _ if called.contains(row.key.service.as_str()) => continue,
             _ if row.key.source_identity.is_empty() => "unmeshed".to_string(),
             _ => row.key.source_identity.clone(),

@@ -27,9 +27,8 @@ pub fn routes() -> Router<Arc<ControlPlane>> {
 
 fn window_of(text: Option<&str>, default: Duration) -> Result<Duration, ApiError> {
     let Some(text) = text else { return Ok(default) };
-    let parsed: trellis_api::Duration = serde_json::from_value(json!(text)).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("window `{text}`: {e}; write it like 30s, 5m"))
-    })?;
+    let parsed: trellis_api::Duration = serde_json::from_value(json!(text))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("window `{text}`: {e}; write it like 30s, 5m")))?;
     let window = parsed.get();
     if window < Duration::from_secs(1) || window > MAX_WINDOW {
         return Err(ApiError::new(
@@ -64,7 +63,11 @@ struct StatParams {
     service: Option<String>,
 }
 
-async fn stats(State(control): State<Arc<ControlPlane>>, headers: HeaderMap, Query(params): Query<StatParams>) -> ApiResult {
+async fn stats(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Query(params): Query<StatParams>,
+) -> ApiResult {
     authenticate(&control, &headers)?;
     let window = window_of(params.window.as_deref(), Duration::from_secs(30))?;
     let by = match params.by.as_deref().unwrap_or("service") {
@@ -92,7 +95,11 @@ struct EdgeParams {
     namespace: Option<String>,
 }
 
-async fn edges(State(control): State<Arc<ControlPlane>>, headers: HeaderMap, Query(params): Query<EdgeParams>) -> ApiResult {
+async fn edges(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Query(params): Query<EdgeParams>,
+) -> ApiResult {
     authenticate(&control, &headers)?;
     let window = window_of(params.window.as_deref(), Duration::from_secs(30))?;
     let rows = control.telemetry.window(window);
@@ -165,13 +172,20 @@ struct TapParams {
 
 /// Live requests as JSON lines (`application/x-ndjson`) until `max`, `duration` or the
 /// client leaves.
-async fn tap(State(control): State<Arc<ControlPlane>>, headers: HeaderMap, Query(params): Query<TapParams>) -> ApiResult {
+async fn tap(
+    State(control): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Query(params): Query<TapParams>,
+) -> ApiResult {
     authenticate(&control, &headers)?;
     if let Some(direction) = params.direction.as_deref()
         && direction != "inbound"
         && direction != "outbound"
     {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("direction `{direction}`: use inbound or outbound")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("direction `{direction}`: use inbound or outbound"),
+        ));
     }
     let duration = match params.duration.as_deref() {
         None => Duration::from_secs(600),
@@ -190,8 +204,13 @@ async fn tap(State(control): State<Arc<ControlPlane>>, headers: HeaderMap, Query
         "minStatus": params.min_status,
         "identity": params.identity,
     });
-    let filter: serde_json::Map<String, serde_json::Value> =
-        filter.as_object().into_iter().flatten().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let filter: serde_json::Map<String, serde_json::Value> = filter
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let mut subscription = control.taps.open(serde_json::Value::Object(filter).to_string());
     let max = params.max.unwrap_or(u64::MAX);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(64);

@@ -173,7 +173,8 @@ impl TelemetryStore {
         });
         entry.workload = workload.to_string();
         entry.last_report_ms = at;
-        entry.in_flight = report.in_flight.iter().map(|f| (f.direction.clone(), f.service.clone(), f.requests)).collect();
+        entry.in_flight =
+            report.in_flight.iter().map(|f| (f.direction.clone(), f.service.clone(), f.requests)).collect();
         for series in &report.series {
             let key = SeriesKey {
                 direction: series.direction.clone(),
@@ -183,7 +184,8 @@ impl TelemetryStore {
                 source_identity: series.source_identity.clone(),
                 destination_identity: series.destination_identity.clone(),
             };
-            let stored = entry.series.entry(key).or_insert_with(|| Series { first_seen_ms: at, samples: VecDeque::new() });
+            let stored =
+                entry.series.entry(key).or_insert_with(|| Series { first_seen_ms: at, samples: VecDeque::new() });
             stored.samples.push_back((at, Counts::from_report(series)));
         }
         // Keep what windows can reach, plus one older sample as their baseline.

@@ -23,7 +23,7 @@ pub const ORIG_PROTO_HEADER: &str = "x-trellis-orig-proto";
 /// Which upstream answered, for metrics and access logs.
 #[derive(Clone, Debug)]
 pub struct UpstreamLabel {
-    pub backend: String,
+    pub backend: Arc<str>,
     pub endpoint: SocketAddr,
     /// The SPIFFE ID the endpoint proved; `None` over plaintext.
     pub identity: crate::upstream::PeerIdentity,
@@ -33,7 +33,7 @@ pub struct UpstreamLabel {
 #[derive(Clone, Debug)]
 pub struct ForwardTo {
     pub addr: SocketAddr,
-    pub label: String,
+    pub label: Arc<str>,
     pub wire: Option<Wire>,
 }
 
@@ -88,7 +88,7 @@ pub async fn send(
     upstreams: &Upstreams,
     addr: SocketAddr,
     peer: crate::upstream::PeerIdentity,
-    label: &str,
+    label: &Arc<str>,
     wire: Wire,
     connect_timeout: Duration,
     mut request: Request<Body>,
@@ -110,7 +110,7 @@ pub async fn send(
             let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), switching);
             let mut response = response.map(body::boxed);
-            response.extensions_mut().insert(UpstreamLabel { backend: label.to_string(), endpoint: addr, identity: peer });
+            response.extensions_mut().insert(UpstreamLabel { backend: label.clone(), endpoint: addr, identity: peer });
             response
         }
         Err(e) => {

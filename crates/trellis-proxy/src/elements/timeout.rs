@@ -27,7 +27,7 @@ impl Element for Timeout {
 
     fn call<'a>(&'a self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
         let grpc = is_grpc(request.headers());
-        let upstream = request.extensions().get::<SelectedBackend>().map(|b| b.0.label.clone());
+        let upstream = request.extensions().get::<SelectedBackend>().map(|b| b.0.label.to_string());
         Box::pin(async move {
             match tokio::time::timeout(self.limit, next.run(request)).await {
                 Ok(response) => response,

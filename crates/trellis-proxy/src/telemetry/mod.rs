@@ -106,10 +106,24 @@ struct SpanContext {
 /// The request as logs, spans and taps describe it; only captured when one of them wants it.
 struct RequestFacts {
     method: http::Method,
-    authority: String,
-    path: String,
+    /// Cheap to keep: both share the request's buffers.
+    uri: http::Uri,
+    host: Option<http::HeaderValue>,
     version: http::Version,
     start: SystemTime,
+}
+
+impl RequestFacts {
+    fn authority(&self) -> &str {
+        match self.uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => self.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
 }
 
 /// A request being observed, from its arrival to the end of its response.
@@ -120,7 +134,7 @@ pub struct Observation {
     /// The caller's trace id when this proxy does not trace (for the access log).
     trace_id: Option<[u8; 16]>,
     facts: Option<RequestFacts>,
-    request_bytes: Arc<AtomicU64>,
+    request_bytes: Option<Arc<AtomicU64>>,
     grpc: bool,
     /// Whether the statistics table counts this request.
     metrics: bool,
@@ -128,15 +142,14 @@ pub struct Observation {
 
 /// The labels of a finished request, known once the response headers are.
 pub struct Outcome {
-    pub service: Arc<str>,
-    pub route: Arc<str>,
-    pub upstream: Arc<str>,
+    /// Direction, service, route, upstream and identities: the statistics' labels.
+    pub labels: stats::StatsKey,
     pub endpoint: Option<SocketAddr>,
-    pub source_identity: Arc<str>,
-    pub destination_identity: Arc<str>,
     pub error: Option<&'static str>,
     pub attempts: u32,
     pub in_flight: Option<stats::InFlightGuard>,
+    /// The connection's cache of where its requests are counted.
+    pub connection: Arc<stats::ConnectionStats>,
 }
 
 impl Observation {
@@ -149,7 +162,11 @@ impl Observation {
         config: &TelemetryConfig,
         telemetry: &Telemetry,
     ) -> Option<Observation> {
-        if !config.request_metrics && config.access_log.is_none() && config.tracing.is_none() && !telemetry.taps.is_open() {
+        if !config.request_metrics
+            && config.access_log.is_none()
+            && config.tracing.is_none()
+            && !telemetry.taps.is_open()
+        {
             return None;
         }
         let started = Instant::now();
@@ -167,15 +184,32 @@ impl Observation {
             config.access_log.is_some() || telemetry.taps.is_open() || span.as_ref().is_some_and(|s| s.sampled);
         let facts = wants_facts.then(|| RequestFacts {
             method: request.method().clone(),
-            authority: crate::routing::authority_of(request),
-            path: request.uri().path().to_string(),
+            uri: request.uri().clone(),
+            host: request.headers().get(http::header::HOST).cloned(),
             version: request.version(),
             start: SystemTime::now(),
         });
-        let request_bytes = Arc::new(AtomicU64::new(0));
-        let body = std::mem::replace(request.body_mut(), body::empty());
-        *request.body_mut() = body::boxed(Counted { inner: body, bytes: request_bytes.clone() });
-        Some(Observation { started, direction, span, trace_id, facts, request_bytes, grpc, metrics: config.request_metrics })
+        // Most requests (GET, HEAD) end with their headers: nothing to count.
+        let request_bytes = (!request.body().is_end_stream()).then(|| {
+            let counter = Arc::new(AtomicU64::new(0));
+            let body = std::mem::replace(request.body_mut(), body::empty());
+            *request.body_mut() = body::boxed(Counted { inner: body, bytes: counter.clone() });
+            counter
+        });
+        Some(Observation {
+            started,
+            direction,
+            span,
+            trace_id,
+            facts,
+            request_bytes,
+            grpc,
+            metrics: config.request_metrics,
+        })
+    }
+
+    fn request_bytes(&self) -> u64 {
+        self.request_bytes.as_ref().map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Wraps the response so the request is recorded when its body ends.
@@ -200,7 +234,7 @@ impl Observation {
             telemetry: telemetry.clone(),
         };
         let (parts, inner) = response.into_parts();
-        let observed = Observed { inner, bytes: 0, grpc_status, ended: false, record: Some(Box::new(record)) };
+        let observed = Observed { inner, bytes: 0, grpc_status, ended: false, record: Some(record) };
         Response::from_parts(parts, body::boxed(observed))
     }
 }
@@ -257,7 +291,7 @@ struct Observed {
     bytes: u64,
     grpc_status: Option<u16>,
     ended: bool,
-    record: Option<Box<Record>>,
+    record: Option<Record>,
 }
 
 impl HttpBody for Observed {
@@ -328,25 +362,18 @@ impl Record {
             (true, None) => Some(2),
         };
         let failed = stats::is_failure(status, grpc_status) || outcome.error.is_some();
-        let key = stats::StatsKey {
-            direction: observation.direction,
-            service: outcome.service.clone(),
-            route: outcome.route.clone(),
-            upstream: outcome.upstream.clone(),
-            source_identity: outcome.source_identity.clone(),
-            destination_identity: outcome.destination_identity.clone(),
-        };
         if observation.metrics {
-            telemetry.stats.record(
-            &key,
-            &stats::Outcome {
-                status,
-                grpc_status,
-                latency,
-                request_bytes: observation.request_bytes.load(Ordering::Relaxed),
-                response_bytes,
-            },
-        );
+            outcome.connection.record(
+                &telemetry.stats,
+                &outcome.labels,
+                &stats::Outcome {
+                    status,
+                    grpc_status,
+                    latency,
+                    request_bytes: observation.request_bytes(),
+                    response_bytes,
+                },
+            );
         }
         drop(outcome.in_flight);
         let Some(facts) = &observation.facts else { return };
@@ -355,28 +382,27 @@ impl Record {
             && (!errors_only || failed)
         {
             telemetry.access_log.record(&access_log::Entry {
-                time: access_log::rfc3339(facts.start),
-                trace_id: trace_id.map(|t| trace_context::hex(&t)),
-                span_id: observation.span.as_ref().filter(|s| s.sampled).map(|s| trace_context::hex(&s.span_id)),
+                time: facts.start,
+                trace_id: trace_id.as_ref(),
+                span_id: observation.span.as_ref().filter(|s| s.sampled).map(|s| &s.span_id),
                 direction: observation.direction,
-                service: &outcome.service,
-                route: &outcome.route,
-                upstream: &outcome.upstream,
-                endpoint: outcome.endpoint.map(|e| e.to_string()),
-                source_identity: &outcome.source_identity,
-                destination_identity: &outcome.destination_identity,
+                service: &outcome.labels.service,
+                route: &outcome.labels.route,
+                upstream: &outcome.labels.upstream,
+                endpoint: outcome.endpoint,
+                source_identity: &outcome.labels.source_identity,
+                destination_identity: &outcome.labels.destination_identity,
                 method: facts.method.as_str(),
-                authority: &facts.authority,
-                path: &facts.path,
+                authority: facts.authority(),
+                path: facts.path(),
                 protocol: protocol_name(facts.version),
                 status,
                 grpc_status,
-                latency_ms: latency.as_secs_f64() * 1000.0,
-                duration_ms: duration.as_secs_f64() * 1000.0,
-                request_bytes: observation.request_bytes.load(Ordering::Relaxed),
+                latency,
+                duration,
+                request_bytes: observation.request_bytes(),
                 response_bytes,
                 attempts: outcome.attempts,
-                retries: outcome.attempts.saturating_sub(1),
                 error: outcome.error,
             });
         }
@@ -385,18 +411,18 @@ impl Record {
         {
             let mut attributes = vec![
                 ("http.request.method", otlp::Value::Str(facts.method.to_string())),
-                ("url.path", otlp::Value::Str(facts.path.clone())),
-                ("server.address", otlp::Value::Str(facts.authority.clone())),
+                ("url.path", otlp::Value::Str(facts.path().to_string())),
+                ("server.address", otlp::Value::Str(facts.authority().to_string())),
                 ("http.response.status_code", otlp::Value::Int(status as i64)),
                 ("network.protocol.name", otlp::Value::Str(protocol_name(facts.version).into())),
                 ("trellis.direction", otlp::Value::Str(observation.direction.into())),
-                ("trellis.service", otlp::Value::Str(outcome.service.to_string())),
-                ("trellis.route", otlp::Value::Str(outcome.route.to_string())),
-                ("trellis.upstream", otlp::Value::Str(outcome.upstream.to_string())),
-                ("trellis.source_identity", otlp::Value::Str(outcome.source_identity.to_string())),
-                ("trellis.destination_identity", otlp::Value::Str(outcome.destination_identity.to_string())),
+                ("trellis.service", otlp::Value::Str(outcome.labels.service.to_string())),
+                ("trellis.route", otlp::Value::Str(outcome.labels.route.to_string())),
+                ("trellis.upstream", otlp::Value::Str(outcome.labels.upstream.to_string())),
+                ("trellis.source_identity", otlp::Value::Str(outcome.labels.source_identity.to_string())),
+                ("trellis.destination_identity", otlp::Value::Str(outcome.labels.destination_identity.to_string())),
                 ("trellis.attempts", otlp::Value::Int(outcome.attempts as i64)),
-                ("http.request.body.size", otlp::Value::Int(observation.request_bytes.load(Ordering::Relaxed) as i64)),
+                ("http.request.body.size", otlp::Value::Int(observation.request_bytes() as i64)),
                 ("http.response.body.size", otlp::Value::Int(response_bytes as i64)),
             ];
             if let Some(endpoint) = outcome.endpoint {
@@ -415,7 +441,7 @@ impl Record {
                 trace_id: span.trace_id,
                 span_id: span.span_id,
                 parent_span_id: span.parent,
-                name: format!("{} {}", facts.method, outcome.service),
+                name: format!("{} {}", facts.method, outcome.labels.service),
                 kind,
                 start: facts.start,
                 end: facts.start + duration,
@@ -427,19 +453,19 @@ impl Record {
             telemetry.taps.publish(&tap::TapEvent {
                 time: access_log::rfc3339(facts.start),
                 direction: observation.direction.into(),
-                service: outcome.service.to_string(),
-                route: outcome.route.to_string(),
-                upstream: outcome.upstream.to_string(),
+                service: outcome.labels.service.to_string(),
+                route: outcome.labels.route.to_string(),
+                upstream: outcome.labels.upstream.to_string(),
                 endpoint: outcome.endpoint.map(|e| e.to_string()),
                 method: facts.method.to_string(),
-                authority: facts.authority.clone(),
-                path: facts.path.clone(),
+                authority: facts.authority().to_string(),
+                path: facts.path().to_string(),
                 status,
                 grpc_status,
                 latency_ms: latency.as_secs_f64() * 1000.0,
                 duration_ms: duration.as_secs_f64() * 1000.0,
-                source_identity: outcome.source_identity.to_string(),
-                destination_identity: outcome.destination_identity.to_string(),
+                source_identity: outcome.labels.source_identity.to_string(),
+                destination_identity: outcome.labels.destination_identity.to_string(),
                 error: outcome.error.map(str::to_string),
                 trace_id: trace_id.map(|t| trace_context::hex(&t)),
                 proxy: String::new(),

@@ -134,10 +134,13 @@ async fn send(upstreams: &Upstreams, collector: &Collector, spans: Vec<SpanRecor
         .header(http::header::CONTENT_TYPE, "application/x-protobuf")
         .body(body::full(message.encode_to_vec()))
         .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(EXPORT_TIMEOUT, upstreams.send(collector.addr, None, Wire::Http1, request, EXPORT_TIMEOUT))
-        .await
-        .map_err(|_| format!("no answer within {EXPORT_TIMEOUT:?}"))?
-        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(
+        EXPORT_TIMEOUT,
+        upstreams.send(collector.addr, None, Wire::Http1, request, EXPORT_TIMEOUT),
+    )
+    .await
+    .map_err(|_| format!("no answer within {EXPORT_TIMEOUT:?}"))?
+    .map_err(|e| e.to_string())?;
     let status = response.status();
     // Read the body so the connection goes back to the pool.
     let _ = http_body_util::BodyExt::collect(response.into_body()).await;
@@ -187,7 +190,10 @@ pub fn encode(collector: &Collector, spans: Vec<SpanRecord>) -> otlp::ExportTrac
                 attributes: collector.resource.iter().map(|(k, v)| key_value(k, &Value::Str(v.clone()))).collect(),
             }),
             scope_spans: vec![otlp::ScopeSpans {
-                scope: Some(otlp::InstrumentationScope { name: "trellis-proxy".into(), version: env!("CARGO_PKG_VERSION").into() }),
+                scope: Some(otlp::InstrumentationScope {
+                    name: "trellis-proxy".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                }),
                 spans,
                 schema_url: String::new(),
             }],

@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 pub use trellis_protocol::LATENCY_BOUNDS;
@@ -153,6 +153,52 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// What one connection's requests were last counted in. Consecutive requests on a connection
+/// almost always share their labels, and the labels are shared strings from the
+/// configuration, so comparing their pointers replaces hashing them.
+#[derive(Default)]
+pub struct ConnectionStats {
+    cell: Mutex<Option<(StatsKey, Arc<Cell>)>>,
+    gauge: Mutex<Option<(&'static str, Arc<str>, Arc<AtomicI64>)>>,
+}
+
+fn same_labels(a: &StatsKey, b: &StatsKey) -> bool {
+    a.direction == b.direction
+        && Arc::ptr_eq(&a.service, &b.service)
+        && Arc::ptr_eq(&a.route, &b.route)
+        && Arc::ptr_eq(&a.upstream, &b.upstream)
+        && Arc::ptr_eq(&a.source_identity, &b.source_identity)
+        && Arc::ptr_eq(&a.destination_identity, &b.destination_identity)
+}
+
+impl ConnectionStats {
+    pub fn record(&self, stats: &RequestStats, key: &StatsKey, outcome: &Outcome) {
+        let mut last = self.cell.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((cached, cell)) if same_labels(cached, key) => cell.record(outcome),
+            _ => {
+                let cell = stats.cell(key);
+                cell.record(outcome);
+                *last = Some((key.clone(), cell));
+            }
+        }
+    }
+
+    pub fn start(&self, stats: &RequestStats, direction: &'static str, service: &Arc<str>) -> InFlightGuard {
+        let mut last = self.gauge.lock().unwrap_or_else(|e| e.into_inner());
+        let gauge = match &*last {
+            Some((d, s, gauge)) if *d == direction && Arc::ptr_eq(s, service) => gauge.clone(),
+            _ => {
+                let gauge = stats.gauge(direction, service);
+                *last = Some((direction, service.clone(), gauge.clone()));
+                gauge
+            }
+        };
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(gauge)
+    }
+}
+
 /// The table of every cell, shared by the request path, `/metrics` and the reporter.
 #[derive(Default)]
 pub struct RequestStats {
@@ -181,14 +227,18 @@ impl RequestStats {
 
     /// Counts a request in flight to or from `service` until the guard drops.
     pub fn start(&self, direction: &'static str, service: &Arc<str>) -> InFlightGuard {
-        let key = (direction, service.clone());
-        let found = self.in_flight.gauges.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-        let gauge = match found {
-            Some(gauge) => gauge,
-            None => self.in_flight.gauges.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone(),
-        };
+        let gauge = self.gauge(direction, service);
         gauge.fetch_add(1, Ordering::Relaxed);
         InFlightGuard(gauge)
+    }
+
+    fn gauge(&self, direction: &'static str, service: &Arc<str>) -> Arc<AtomicI64> {
+        let key = (direction, service.clone());
+        let found = self.in_flight.gauges.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        match found {
+            Some(gauge) => gauge,
+            None => self.in_flight.gauges.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone(),
+        }
     }
 
     /// Every cell's key and counts, in no particular order.
@@ -222,7 +272,14 @@ impl Collector for RequestStats {
         // Stable output order, so consecutive scrapes diff cleanly.
         snapshot.sort_by(|a, b| {
             (a.0.direction, &a.0.service, &a.0.route, &a.0.upstream, &a.0.source_identity, &a.0.destination_identity)
-                .cmp(&(b.0.direction, &b.0.service, &b.0.route, &b.0.upstream, &b.0.source_identity, &b.0.destination_identity))
+                .cmp(&(
+                    b.0.direction,
+                    &b.0.service,
+                    &b.0.route,
+                    &b.0.upstream,
+                    &b.0.source_identity,
+                    &b.0.destination_identity,
+                ))
         });
 
         let mut family = encoder.encode_descriptor(
@@ -234,7 +291,8 @@ impl Collector for RequestStats {
         for (key, counts) in &snapshot {
             for response in &counts.responses {
                 let grpc = response.grpc_status.map_or(0, |c| 1 + c as usize);
-                let extra = [("status_class", STATUS_CLASSES[response.class as usize]), ("grpc_status", GRPC_LABELS[grpc])];
+                let extra =
+                    [("status_class", STATUS_CLASSES[response.class as usize]), ("grpc_status", GRPC_LABELS[grpc])];
                 let labels = (base_labels(key), extra);
                 ConstCounter::new(response.count).encode(family.encode_family(&labels)?)?;
             }
@@ -263,7 +321,11 @@ impl Collector for RequestStats {
         }
 
         for (name, help, pick) in [
-            ("request_bytes", "Request body bytes received from clients", (|c: &CellCounts| c.request_bytes) as fn(&CellCounts) -> u64),
+            (
+                "request_bytes",
+                "Request body bytes received from clients",
+                (|c: &CellCounts| c.request_bytes) as fn(&CellCounts) -> u64,
+            ),
             ("response_bytes", "Response body bytes sent to clients", |c: &CellCounts| c.response_bytes),
         ] {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -281,7 +343,8 @@ impl Collector for RequestStats {
             MetricType::Gauge,
         )?;
         for (direction, service, value) in &in_flight {
-            ConstGauge::new(*value).encode(family.encode_family(&[("direction", *direction), ("service", &**service)])?)?;
+            ConstGauge::new(*value)
+                .encode(family.encode_family(&[("direction", *direction), ("service", &**service)])?)?;
         }
         Ok(())
     }
@@ -305,10 +368,17 @@ mod tests {
     #[test]
     fn counts_by_class_grpc_status_and_latency_slot() {
         let stats = RequestStats::default();
-        let ok = Outcome { status: 200, grpc_status: None, latency: Duration::from_micros(700), request_bytes: 10, response_bytes: 100 };
+        let ok = Outcome {
+            status: 200,
+            grpc_status: None,
+            latency: Duration::from_micros(700),
+            request_bytes: 10,
+            response_bytes: 100,
+        };
         stats.record(&key("r"), &ok);
         stats.record(&key("r"), &ok);
-        stats.record(&key("r"), &Outcome { status: 200, grpc_status: Some(14), latency: Duration::from_secs(20), ..ok });
+        stats
+            .record(&key("r"), &Outcome { status: 200, grpc_status: Some(14), latency: Duration::from_secs(20), ..ok });
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.len(), 1);
         let counts = &snapshot[0].1;
@@ -325,7 +395,13 @@ mod tests {
     #[test]
     fn exposition_is_cumulative_and_labelled() {
         let stats = RequestStats::default();
-        let ok = Outcome { status: 503, grpc_status: None, latency: Duration::from_millis(3), request_bytes: 0, response_bytes: 5 };
+        let ok = Outcome {
+            status: 503,
+            grpc_status: None,
+            latency: Duration::from_millis(3),
+            request_bytes: 0,
+            response_bytes: 5,
+        };
         stats.record(&key("r"), &ok);
         let _guard = stats.start("inbound", &Arc::from("reviews"));
         let mut registry = prometheus_client::registry::Registry::with_prefix("trellis");

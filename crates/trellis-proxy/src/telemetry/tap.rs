@@ -67,9 +67,10 @@ pub struct TapFilter {
 
 impl TapFilter {
     pub fn matches(&self, e: &TapEvent) -> bool {
-        let service_ok = self.service.as_deref().is_none_or(|s| {
-            e.service == s || e.service.split_once('.').is_some_and(|(name, _)| name == s)
-        });
+        let service_ok = self
+            .service
+            .as_deref()
+            .is_none_or(|s| e.service == s || e.service.split_once('.').is_some_and(|(name, _)| name == s));
         service_ok
             && self.direction.as_deref().is_none_or(|d| e.direction == d)
             && self.route.as_deref().is_none_or(|r| e.route == r)

@@ -10,14 +10,17 @@
 use http::HeaderMap;
 use http::header::HeaderValue;
 
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
-const B3: &str = "b3";
-const B3_TRACE_ID: &str = "x-b3-traceid";
-const B3_SPAN_ID: &str = "x-b3-spanid";
-const B3_PARENT_SPAN_ID: &str = "x-b3-parentspanid";
-const B3_SAMPLED: &str = "x-b3-sampled";
-const B3_FLAGS: &str = "x-b3-flags";
+use http::HeaderName;
+
+// Names rather than strings: a lookup by name skips parsing it on every request.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum B3Form {
@@ -98,7 +101,7 @@ fn parse_b3_single(value: &[u8]) -> Option<Incoming> {
 }
 
 fn parse_b3_multi(headers: &HeaderMap) -> Option<Incoming> {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::trim);
+    let text = |name: HeaderName| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::trim);
     let trace_id = b3_trace_id(text(B3_TRACE_ID)?)?;
     let parent_span_id = hex8(text(B3_SPAN_ID)?)?;
     let sampled = text(B3_FLAGS) == Some("1") || !matches!(text(B3_SAMPLED), Some("0" | "false"));
@@ -178,7 +181,14 @@ pub fn new_span_id() -> [u8; 8] {
 /// Writes the context for the next hop: our span (`span_id`) is its parent. W3C always;
 /// B3 in the form the caller used, multi-header when it used none. `tracestate` passes
 /// through untouched.
-pub fn inject(headers: &mut HeaderMap, trace_id: &[u8; 16], span_id: &[u8; 8], parent: Option<&[u8; 8]>, sampled: bool, b3: B3Form) {
+pub fn inject(
+    headers: &mut HeaderMap,
+    trace_id: &[u8; 16],
+    span_id: &[u8; 8],
+    parent: Option<&[u8; 8]>,
+    sampled: bool,
+    b3: B3Form,
+) {
     let (trace, span) = (hex(trace_id), hex(span_id));
     let flag = if sampled { "01" } else { "00" };
     if let Ok(value) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flag}")) {
@@ -196,7 +206,7 @@ pub fn inject(headers: &mut HeaderMap, trace_id: &[u8; 16], span_id: &[u8; 8], p
             }
         }
         B3Form::Multi | B3Form::None => {
-            let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
+            let set = |headers: &mut HeaderMap, name: HeaderName, value: String| {
                 if let Ok(value) = HeaderValue::from_str(&value) {
                     headers.insert(name, value);
                 }
@@ -251,10 +261,16 @@ mod tests {
 
     #[test]
     fn reads_b3_single_and_multi() {
-        let c = extract(&headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")])).unwrap();
+        let c = extract(&headers(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")]))
+            .unwrap();
         assert_eq!(hex(&c.parent_span_id), "e457b5a2e4d86bd1");
         assert_eq!(c.b3, B3Form::Single);
-        let c = extract(&headers(&[("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7"), ("x-b3-sampled", "0")])).unwrap();
+        let c = extract(&headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "0"),
+        ]))
+        .unwrap();
         assert_eq!(hex(&c.trace_id), "0000000000000000a3ce929d0e0e4736");
         assert!(!c.sampled);
         assert_eq!(c.b3, B3Form::Multi);

@@ -269,6 +269,7 @@ impl Handler {
         let outcome = Outcome {
             labels: StatsKey { direction, service, route, upstream, source_identity, destination_identity },
             endpoint,
+            client: self.connection.peer,
             error: error.map(|e| e.reason.as_str()),
             attempts: response.extensions().get::<crate::elements::Attempts>().map(|a| a.0).unwrap_or(1),
             in_flight,

@@ -215,7 +215,11 @@ const changes = [];
 
 async function followChanges() {
   try {
-    const response = await fetch('/v1/watch?since=0', { headers: { Authorization: `Bearer ${token}` } });
+    // Start 50 revisions back rather than at the beginning: a store keeps every generation.
+    // (Listing one small kind is a cheap way to learn the current revision.)
+    const { revision } = await api('/v1/resources?kind=Tenant');
+    const since = Math.max(0, (changes.length ? changes[changes.length - 1].revision : revision - 50));
+    const response = await fetch(`/v1/watch?since=${since}`, { headers: { Authorization: `Bearer ${token}` } });
     if (!response.ok) return;
     const reader = response.body.getReader();
     const decoder = new TextDecoder();

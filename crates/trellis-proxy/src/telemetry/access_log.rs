@@ -30,6 +30,7 @@ pub struct Entry<'a> {
     pub route: &'a str,
     pub upstream: &'a str,
     pub endpoint: Option<SocketAddr>,
+    pub client: SocketAddr,
     pub source_identity: &'a str,
     pub destination_identity: &'a str,
     pub method: &'a str,
@@ -77,6 +78,9 @@ impl Entry<'_> {
             }
             None => out.extend_from_slice(b",\"endpoint\":null"),
         }
+        out.extend_from_slice(b",\"client\":\"");
+        push_socket_addr(out, self.client);
+        out.push(b'"');
         field_str(out, "source_identity", self.source_identity);
         field_str(out, "destination_identity", self.destination_identity);
         field_str(out, "method", self.method);
@@ -334,6 +338,7 @@ mod tests {
             route: "api",
             upstream: "reviews.shop/v2",
             endpoint: Some("127.0.0.1:9080".parse().unwrap()),
+            client: "[::1]:40000".parse().unwrap(),
             source_identity: "spiffe://td/ns/shop/sa/web",
             destination_identity: "",
             method: "GET",
@@ -358,6 +363,7 @@ mod tests {
         assert!(value.get("span_id").is_none());
         assert_eq!(value["path"], "/a\"b\\c\u{1}\u{e9}");
         assert_eq!(value["endpoint"], "127.0.0.1:9080");
+        assert_eq!(value["client"], "[::1]:40000");
         assert_eq!(value["latency_ms"], 1.234);
         assert_eq!(value["duration_ms"], 12005.678);
         assert_eq!(value["grpc_status"], 14);

@@ -145,6 +145,8 @@ pub struct Outcome {
     /// Direction, service, route, upstream and identities: the statistics' labels.
     pub labels: stats::StatsKey,
     pub endpoint: Option<SocketAddr>,
+    /// The client's address (the downstream peer of this proxy).
+    pub client: SocketAddr,
     pub error: Option<&'static str>,
     pub attempts: u32,
     pub in_flight: Option<stats::InFlightGuard>,
@@ -390,6 +392,7 @@ impl Record {
                 route: &outcome.labels.route,
                 upstream: &outcome.labels.upstream,
                 endpoint: outcome.endpoint,
+                client: outcome.client,
                 source_identity: &outcome.labels.source_identity,
                 destination_identity: &outcome.labels.destination_identity,
                 method: facts.method.as_str(),

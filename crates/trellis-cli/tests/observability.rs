@@ -28,7 +28,7 @@ fn steady_load(
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 ticks.tick().await;
-                let path = if i % 10 == 0 { "/status/503" } else { "/items" };
+                let path = if i.is_multiple_of(10) { "/status/503" } else { "/items" };
                 let request = ::http::Request::get(format!("{url}{path}"))
                     .body(trellis_testkit::http::full_body(bytes::Bytes::new()))
                     .unwrap();

@@ -155,10 +155,13 @@ fn prometheus_scrapes_the_request_counts_that_were_sent() {
 
 /// Spans received by the test's OTLP/HTTP receiver.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(Vec<otlp::KeyValue>, otlp::Span)>>>);
+struct Received(Arc<Mutex<Vec<ResourceSpan>>>);
+
+/// A span with its resource's attributes.
+type ResourceSpan = (Vec<otlp::KeyValue>, otlp::Span);
 
 impl Received {
-    fn spans(&self) -> Vec<(Vec<otlp::KeyValue>, otlp::Span)> {
+    fn spans(&self) -> Vec<ResourceSpan> {
         self.0.lock().unwrap().clone()
     }
 

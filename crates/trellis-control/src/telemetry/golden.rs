@@ -121,8 +121,9 @@ pub fn stat_rows(
     // Requests the proxy refused before knowing a service are not any service's.
     let rows: Vec<&WindowSeries> =
         rows.iter().filter(|r| !r.key.service.is_empty() && r.key.service != "passthrough").collect();
-    let mut groups: BTreeMap<(String, Option<String>, Option<String>, &'static str), Vec<&WindowSeries>> =
-        BTreeMap::new();
+    // (service, route, subset, seen from) → the series summed into that row.
+    type Group = (String, Option<String>, Option<String>, &'static str);
+    let mut groups: BTreeMap<Group, Vec<&WindowSeries>> = BTreeMap::new();
     match by {
         GroupBy::Service => {
             let served: BTreeSet<&str> =

@@ -139,9 +139,12 @@ impl CellCounts {
 }
 
 /// Requests in flight per (direction, service): the saturation signal for autoscalers.
+/// (direction, service) of an in-flight gauge.
+type GaugeKey = (&'static str, Arc<str>);
+
 #[derive(Default)]
 struct InFlight {
-    gauges: RwLock<HashMap<(&'static str, Arc<str>), Arc<AtomicI64>>>,
+    gauges: RwLock<HashMap<GaugeKey, Arc<AtomicI64>>>,
 }
 
 /// Decrements its in-flight gauge when dropped (when the response has been sent).
@@ -159,7 +162,7 @@ impl Drop for InFlightGuard {
 #[derive(Default)]
 pub struct ConnectionStats {
     cell: Mutex<Option<(StatsKey, Arc<Cell>)>>,
-    gauge: Mutex<Option<(&'static str, Arc<str>, Arc<AtomicI64>)>>,
+    gauge: Mutex<Option<(GaugeKey, Arc<AtomicI64>)>>,
 }
 
 fn same_labels(a: &StatsKey, b: &StatsKey) -> bool {
@@ -187,10 +190,10 @@ impl ConnectionStats {
     pub fn start(&self, stats: &RequestStats, direction: &'static str, service: &Arc<str>) -> InFlightGuard {
         let mut last = self.gauge.lock().unwrap_or_else(|e| e.into_inner());
         let gauge = match &*last {
-            Some((d, s, gauge)) if *d == direction && Arc::ptr_eq(s, service) => gauge.clone(),
+            Some(((d, s), gauge)) if *d == direction && Arc::ptr_eq(s, service) => gauge.clone(),
             _ => {
                 let gauge = stats.gauge(direction, service);
-                *last = Some((direction, service.clone(), gauge.clone()));
+                *last = Some(((direction, service.clone()), gauge.clone()));
                 gauge
             }
         };

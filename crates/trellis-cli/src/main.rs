@@ -4,6 +4,7 @@
 
 mod ca;
 mod client;
+mod demo;
 mod observe;
 mod resources;
 
@@ -208,6 +209,36 @@ enum Command {
         #[arg(long)]
         open: bool,
     },
+    /// Run the whole mesh on this machine: control plane, a five-service demo shop with
+    /// sidecars and identities, traffic, and the dashboard. Ctrl-C stops it all.
+    #[command(
+        after_help = "Example:\n  trellis demo\n  trellis demo --open --rate 20\n  trellis demo down      # from another terminal\n\n\
+        Everything runs on 127.0.0.1 on free ports, with its state in one temporary directory\n\
+        that is removed when the demo stops."
+    )]
+    Demo {
+        #[command(subcommand)]
+        action: Option<DemoAction>,
+        /// Requests per second the traffic generator sends to the shop's front page.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Open the dashboard in the default browser.
+        #[arg(long)]
+        open: bool,
+        /// Stop by itself after this long (e.g. 2m); without it, runs until Ctrl-C.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// One service of the demo shop (started by `trellis demo`).
+    #[command(hide = true)]
+    DemoApp {
+        role: String,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// SERVICE=URL of the sidecar listener for a called service.
+        #[arg(long = "call")]
+        calls: Vec<String>,
+    },
     /// Inspect the mesh's certificate authority and rotate its root.
     #[command(after_help = "Example:\n  trellis ca status\n  trellis ca rotate\n  \
         trellis ca add-root && trellis ca activate FINGERPRINT && trellis ca retire OLD-FINGERPRINT")]
@@ -296,6 +327,13 @@ enum TokenAction {
         #[arg(long)]
         single_use: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DemoAction {
+    /// Stop a running demo (as Ctrl-C in its terminal would) and remove its state.
+    #[command(after_help = "Example:\n  trellis demo down")]
+    Down,
 }
 
 #[derive(Subcommand)]
@@ -427,6 +465,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(observe::tap(&conn, args))
         }
         Command::Dashboard { open } => runtime()?.block_on(observe::dashboard(&conn, open)),
+        Command::Demo { action: Some(DemoAction::Down), .. } => demo::down(),
+        Command::Demo { action: None, rate, open, duration } => {
+            runtime()?.block_on(demo::run(demo::DemoArgs { rate, open, duration }))
+        }
+        Command::DemoApp { role, listen, calls } => {
+            let role = trellis_demo::Role::parse(&role)?;
+            let mut upstreams = std::collections::BTreeMap::new();
+            for call in calls {
+                let (service, url) = call.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--call `{call}`: write SERVICE=URL, e.g. catalog=http://127.0.0.1:9000")
+                })?;
+                upstreams.insert(service.to_string(), url.to_string());
+            }
+            runtime()?.block_on(trellis_demo::serve(role, listen, upstreams))
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "trellis", &mut std::io::stdout());

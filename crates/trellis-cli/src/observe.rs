@@ -266,17 +266,23 @@ pub async fn dashboard(conn: &Connection, open: bool) -> anyhow::Result<()> {
     };
     println!("{url}");
     if open {
-        let opened = ["xdg-open", "open"].iter().any(|opener| {
-            std::process::Command::new(opener)
-                .arg(&url)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        if !opened {
-            eprintln!("could not open a browser here; open the address above yourself");
-        }
+        open_in_browser(&url);
     }
     Ok(())
+}
+
+/// Asks the desktop to open `url`; says so when there is no browser to ask.
+pub fn open_in_browser(url: &str) -> bool {
+    let opened = ["xdg-open", "open"].iter().any(|opener| {
+        std::process::Command::new(opener)
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !opened {
+        eprintln!("could not open a browser here; open the address above yourself");
+    }
+    opened
 }

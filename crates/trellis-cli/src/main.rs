@@ -3,6 +3,7 @@
 //! control plane's API.
 
 mod ca;
+mod check;
 mod client;
 mod demo;
 mod observe;
@@ -228,6 +229,18 @@ enum Command {
         /// Stop by itself after this long (e.g. 2m); without it, runs until Ctrl-C.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
+    },
+    /// Check this machine and a running mesh, and say how to fix what is wrong: control
+    /// plane reachable, token accepted, clocks in step, CA roots valid, every proxy
+    /// connected, ready, in sync, with a valid certificate.
+    #[command(after_help = "Example:\n  trellis check\n  trellis check --expiry-warning 1h -o json\n\n\
+        Exits non-zero when a check fails; warnings alone do not.")]
+    Check {
+        /// Warn about proxy certificates that expire sooner than this.
+        #[arg(long, value_parser = parse_duration, default_value = "10m")]
+        expiry_warning: std::time::Duration,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: Output,
     },
     /// One service of the demo shop (started by `trellis demo`).
     #[command(hide = true)]
@@ -465,6 +478,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(observe::tap(&conn, args))
         }
         Command::Dashboard { open } => runtime()?.block_on(observe::dashboard(&conn, open)),
+        Command::Check { expiry_warning, output } => runtime()?.block_on(check::run(&conn, expiry_warning, output)),
         Command::Demo { action: Some(DemoAction::Down), .. } => demo::down(),
         Command::Demo { action: None, rate, open, duration } => {
             runtime()?.block_on(demo::run(demo::DemoArgs { rate, open, duration }))

@@ -99,6 +99,32 @@ fn demo_runs_every_service_with_traffic_and_leaves_nothing_behind() {
     let reviews = last["items"].as_array().unwrap().iter().find(|r| r["service"] == "reviews").unwrap();
     assert_eq!(reviews["meshed"], 3, "three versions of reviews");
 
+    // `trellis check` finds nothing wrong with a running demo, and says what a bad token needs.
+    let check = |token: Option<&str>| {
+        let mut command = Command::new(cargo_bin("trellis"));
+        command.args(["check", "-o", "json"]).env("TRELLIS_SERVER", &server);
+        match token {
+            Some(t) => command.env("TRELLIS_TOKEN", t),
+            None => command.env("TRELLIS_TOKEN_FILE", &token_file),
+        };
+        let out = command.output().unwrap();
+        (out.status.success(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default())
+    };
+    let (ok, findings) = check(None);
+    assert!(ok, "{findings:#}");
+    let proxies: Vec<&serde_json::Value> =
+        findings.as_array().unwrap().iter().filter(|f| f["check"].as_str().unwrap().starts_with("proxy ")).collect();
+    assert_eq!(proxies.len(), 7, "{findings:#}");
+    assert!(
+        proxies.iter().all(|f| f["verdict"] == "ok" && f["detail"].as_str().unwrap().contains("certificate valid")),
+        "{findings:#}"
+    );
+    let (ok, findings) = check(Some("not-a-token"));
+    assert!(!ok);
+    let token = findings.as_array().unwrap().iter().find(|f| f["check"] == "token").unwrap();
+    assert_eq!(token["verdict"], "fail");
+    assert!(token["fix"].as_str().unwrap().contains("--token-file"), "{token}");
+
     // `trellis demo down` stops it: every process it started is gone, and its state too.
     let children = children_of(pid);
     assert!(children.len() >= 15, "control plane + 7 apps + 7 sidecars: {children:?}");

@@ -351,7 +351,19 @@ async fn ca_retire(
 
 async fn proxies(State(control): State<Arc<ControlPlane>>, headers: HeaderMap) -> ApiResult {
     authenticate(&control, &headers)?;
-    Ok(Json(json!({"items": control.registry.proxies()})).into_response())
+    let skews = control.telemetry.clock_skews();
+    let items: Vec<Value> = control
+        .registry
+        .proxies()
+        .into_iter()
+        .map(|proxy| {
+            let skew = skews.get(&proxy.proxy_id).copied();
+            let mut item = serde_json::to_value(proxy).unwrap_or_default();
+            item["clock_skew_ms"] = json!(skew);
+            item
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "now_unix": crate::telemetry::now_ms() / 1000})).into_response())
 }
 
 #[derive(Deserialize)]

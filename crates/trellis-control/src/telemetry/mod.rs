@@ -133,6 +133,8 @@ struct ProxyTelemetry {
     series: HashMap<SeriesKey, Series>,
     /// (direction, service) → requests in flight at the last report.
     in_flight: Vec<(String, String, i64)>,
+    /// Our clock minus the proxy's when its last report arrived (network delay included).
+    clock_skew_ms: i64,
 }
 
 /// One series' activity within a window.
@@ -170,7 +172,11 @@ impl TelemetryStore {
             last_report_ms: at,
             series: HashMap::new(),
             in_flight: Vec::new(),
+            clock_skew_ms: 0,
         });
+        if report.unix_millis > 0 {
+            entry.clock_skew_ms = at - report.unix_millis;
+        }
         entry.workload = workload.to_string();
         entry.last_report_ms = at;
         entry.in_flight =
@@ -240,6 +246,12 @@ impl TelemetryStore {
             }
         }
         out
+    }
+
+    /// Each proxy's clock skew (our clock minus its, in ms) from its last report.
+    pub fn clock_skews(&self) -> HashMap<String, i64> {
+        let proxies = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        proxies.iter().map(|(id, p)| (id.clone(), p.clock_skew_ms)).collect()
     }
 
     /// Requests in flight at the last reports, per (direction, service), summed over proxies

@@ -23,6 +23,8 @@ mod gateway_api;
 mod parse;
 mod policy;
 mod proxy;
+mod reference;
+mod schema;
 mod service;
 mod telemetry;
 mod validate;
@@ -37,6 +39,7 @@ pub use policy::{
 pub use proxy::{
     ControlSettings, ExplicitListener, InboundListener, OutboundListener, ProxySettings, WorkloadSettings,
 };
+pub use reference::reference_markdown;
 pub use service::*;
 pub use telemetry::{AccessLogSettings, SamplingPercent, Telemetry, TracingSettings};
 pub use validate::validate;

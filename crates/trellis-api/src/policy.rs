@@ -10,7 +10,7 @@ use crate::{Name, StringMatch, ValueMatch};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     pub name: Name,
@@ -43,7 +43,7 @@ pub struct Policy {
 /// `authorization` and `cookie` headers and the caller's SPIFFE ID; 2xx allows, 401/403 (any
 /// other 4xx) denies, anything else — 5xx, a timeout, no connection — is an error that
 /// `failOpen` decides.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExternalAuthorization {
     /// Named in metrics and in the 403 a denied caller gets.
@@ -110,7 +110,7 @@ impl<'de> Deserialize<'de> for HttpUrl {
 }
 
 /// Other tenants (or namespaces of other tenants) this namespace may call.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressRule {
     pub name: String,
@@ -123,14 +123,14 @@ pub struct EgressRule {
 /// `kind: Tenant`: a group of namespaces. Traffic between tenants is refused unless the
 /// caller's namespace allows it (`Policy.egress`) and the callee's policy has an allow rule
 /// naming the caller (identity, namespace or tenant).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tenant {
     pub name: Name,
     pub namespaces: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MtlsMode {
     /// Refuse plaintext.
@@ -139,7 +139,7 @@ pub enum MtlsMode {
     Permissive,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyRule {
     /// Named in metrics and in the 403 a denied caller gets.
@@ -151,7 +151,7 @@ pub struct PolicyRule {
     pub to: Option<Operation>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Allow,
@@ -159,7 +159,7 @@ pub enum Action {
 }
 
 /// Who calls: any of the identities or namespaces.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -171,7 +171,7 @@ pub struct Source {
 }
 
 /// What is called: every given condition must hold (a list holds if any entry matches).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Operation {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

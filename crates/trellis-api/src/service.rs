@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 /// One service's whole behaviour.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     pub name: Name,
@@ -73,7 +73,7 @@ impl<'de> Deserialize<'de> for Name {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     pub port: u16,
@@ -84,7 +84,7 @@ pub struct ServicePort {
 }
 
 /// What a port carries. `http` means "detect": HTTP/1.1 and HTTP/2 are both accepted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -98,7 +98,7 @@ pub enum Protocol {
 }
 
 /// A route: which requests (`match`) and what to do with them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
     /// Used in metrics and logs; defaults to `route-N`.
@@ -128,7 +128,7 @@ pub struct Route {
 }
 
 /// All given conditions must hold.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,7 +238,7 @@ impl<'de> Deserialize<'de> for Regex {
 }
 
 /// Where a route sends traffic: a subset of this service, another service, or both.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     /// Another service, `NAME` or `NAME.NAMESPACE`; defaults to this one.
@@ -311,7 +311,7 @@ impl<'de> Deserialize<'de> for Ratio {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retries {
     /// Total attempts including the first, 1 to 10.
@@ -348,7 +348,7 @@ impl<'de> Deserialize<'de> for Attempts {
 }
 
 /// Conditions under which a failed attempt is retried.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetryOn {
     /// Any 5xx response.
@@ -372,7 +372,7 @@ impl RetryOn {
 }
 
 /// gRPC status codes by their canonical lowercase names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum GrpcCode {
     Cancelled,
@@ -399,7 +399,7 @@ impl GrpcCode {
 }
 
 /// Exponential backoff with full jitter between attempts.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backoff {
     #[serde(default = "Backoff::default_base")]
@@ -425,7 +425,7 @@ impl Default for Backoff {
 
 /// Caps retries at `ratio` of requests plus `minPerSecond`, over a 10 s window, so that
 /// retries cannot multiply an overload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
     #[serde(default = "RetryBudget::default_ratio")]
@@ -450,7 +450,7 @@ impl Default for RetryBudget {
 }
 
 /// Header changes: `set` replaces, `add` appends, `remove` deletes (applied remove, set, add).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderRewrite {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -463,7 +463,7 @@ pub struct HeaderRewrite {
 
 /// Changes the request before forwarding. `prefix` replaces the part matched by a
 /// `path: {prefix: ...}` match; `path` replaces the whole path.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -475,7 +475,7 @@ pub struct Rewrite {
 }
 
 /// Answers with a redirect instead of forwarding. Unset parts keep the request's values.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Redirect {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -498,7 +498,7 @@ impl Redirect {
 }
 
 /// Answers directly from the proxy.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DirectResponse {
     pub status: u16,
@@ -509,7 +509,7 @@ pub struct DirectResponse {
 }
 
 /// Sends a copy of matching requests to another destination; its responses are discarded.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mirror {
     /// A service (`NAME` or `NAME.NAMESPACE`), or omitted for this service.
@@ -527,7 +527,7 @@ impl Ratio {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
     #[serde(default)]
@@ -537,7 +537,7 @@ pub struct LoadBalancer {
     pub hash_on: Option<HashOn>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     RoundRobin,
@@ -581,7 +581,7 @@ impl<'de> Deserialize<'de> for HashOn {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resilience {
     #[serde(default = "Resilience::default_connect_timeout")]
@@ -604,7 +604,7 @@ impl Default for Resilience {
 }
 
 /// The instances of a service, as a static list.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoints {
     pub service: Name,
@@ -613,7 +613,7 @@ pub struct Endpoints {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Endpoint {
     pub address: SocketAddr,

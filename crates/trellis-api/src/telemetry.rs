@@ -9,7 +9,7 @@
 use crate::{HttpUrl, Name};
 use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Telemetry {
     pub name: Name,
@@ -23,7 +23,7 @@ pub struct Telemetry {
 
 /// One JSON line per request (fields: docs/observability.md), written where the proxy's
 /// `accessLog` setting says (stdout when it says nothing).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessLogSettings {
     #[serde(default = "yes")]
@@ -34,7 +34,7 @@ pub struct AccessLogSettings {
 }
 
 /// Spans over OTLP/HTTP (protobuf) to a collector.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TracingSettings {
     /// The collector's OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`.

@@ -142,6 +142,17 @@ async fn start_and_wait(exe: &Path, dir: &Path, children: &mut Children, args: &
     .await?;
     let traffic = tokio::spawn(traffic(entry.clone(), args.rate));
     step(&format!("traffic generator: {} req/s to web", args.rate));
+    // Proxies report every 5 s; wait for the first reports, so `trellis stat` shows traffic.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok((200, body)) = conn.call(http::Method::GET, "/v1/stats?namespace=shop&window=10s", None).await
+            && body["items"].as_array().is_some_and(|rows| rows.iter().any(|r| r["rps"].as_f64().unwrap_or(0.0) > 0.0))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    step("the proxies report their traffic to the control plane");
 
     let token = std::fs::read_to_string(&token_file).unwrap_or_default();
     let dashboard = format!("{api}/dashboard/#token={}", token.trim());

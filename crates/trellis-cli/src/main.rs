@@ -229,6 +229,10 @@ enum Command {
         /// Stop by itself after this long (e.g. 2m); without it, runs until Ctrl-C.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<std::time::Duration>,
+        /// No terminal needed: print the summary as one JSON line (server, tokenFile,
+        /// dashboard, shop, stateDir) for scripts.
+        #[arg(long)]
+        headless: bool,
     },
     /// Check this machine and a running mesh, and say how to fix what is wrong: control
     /// plane reachable, token accepted, clocks in step, CA roots valid, every proxy
@@ -480,8 +484,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dashboard { open } => runtime()?.block_on(observe::dashboard(&conn, open)),
         Command::Check { expiry_warning, output } => runtime()?.block_on(check::run(&conn, expiry_warning, output)),
         Command::Demo { action: Some(DemoAction::Down), .. } => demo::down(),
-        Command::Demo { action: None, rate, open, duration } => {
-            runtime()?.block_on(demo::run(demo::DemoArgs { rate, open, duration }))
+        Command::Demo { action: None, rate, open, duration, headless } => {
+            runtime()?.block_on(demo::run(demo::DemoArgs { rate, open, duration, headless }))
         }
         Command::DemoApp { role, listen, calls } => {
             let role = trellis_demo::Role::parse(&role)?;

@@ -38,7 +38,7 @@ fn demo_runs_every_service_with_traffic_and_leaves_nothing_behind() {
     let tmp = std::env::temp_dir().join(format!("trellis-demo-test-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let mut demo = Command::new(cargo_bin("trellis"))
-        .args(["demo", "--rate", "20", "--duration", "5m"])
+        .args(["demo", "--headless", "--rate", "20", "--duration", "5m"])
         .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -50,21 +50,16 @@ fn demo_runs_every_service_with_traffic_and_leaves_nothing_behind() {
     let stderr = demo.stderr.take().unwrap();
     let progress = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
 
-    // The summary names the control plane and the token to use.
-    let (mut server, mut token_file) = (None, None);
-    for line in stdout.lines().map_while(Result::ok) {
-        if let Some(rest) = line.trim().strip_prefix("export TRELLIS_SERVER=") {
-            let (s, t) = rest.split_once(" TRELLIS_TOKEN_FILE=").unwrap();
-            (server, token_file) = (Some(s.to_string()), Some(t.to_string()));
-        }
-        if line.contains("Stop: Ctrl-C") {
-            break;
-        }
-    }
-    let (Some(server), Some(token_file)) = (server, token_file) else {
+    // Headless, the summary is one JSON line naming the control plane and the token to use.
+    let summary =
+        stdout.lines().map_while(Result::ok).next().and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok());
+    let Some(summary) = summary else {
         let _ = demo.kill();
         panic!("the demo printed no summary; progress:\n{}", progress.join().unwrap());
     };
+    let server = summary["server"].as_str().unwrap().to_string();
+    let token_file = summary["tokenFile"].as_str().unwrap().to_string();
+    assert!(summary["dashboard"].as_str().unwrap().contains("/dashboard/#token="), "{summary}");
     let state_dir = Path::new(&token_file).parent().unwrap().parent().unwrap().to_path_buf();
     assert!(state_dir.starts_with(&tmp), "state in the temporary directory: {}", state_dir.display());
 

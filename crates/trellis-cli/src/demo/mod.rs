@@ -30,6 +30,8 @@ pub struct DemoArgs {
     pub open: bool,
     /// Stop by itself after this long (for scripts and tests); otherwise until Ctrl-C.
     pub duration: Option<Duration>,
+    /// For scripts and tests without a terminal: the summary is one JSON line on stdout.
+    pub headless: bool,
 }
 
 fn step(text: &str) {
@@ -156,25 +158,13 @@ async fn start_and_wait(exe: &Path, dir: &Path, children: &mut Children, args: &
 
     let token = std::fs::read_to_string(&token_file).unwrap_or_default();
     let dashboard = format!("{api}/dashboard/#token={}", token.trim());
-    println!();
-    println!("Trellis demo is running.");
-    println!();
-    println!("  Dashboard:  {dashboard}");
-    println!("  The shop:   curl {entry}/product/2");
-    println!();
-    println!("  Try, in another terminal:");
-    if !on_path(exe) {
-        println!("    alias trellis={}", exe.display());
+    if args.headless {
+        let summary =
+            json!({"server": api, "tokenFile": token_file, "dashboard": dashboard, "shop": entry, "stateDir": dir});
+        println!("{summary}");
+    } else {
+        print_summary(exe, &api, &token_file, &dashboard, &entry);
     }
-    println!("    export TRELLIS_SERVER={api} TRELLIS_TOKEN_FILE={}", token_file.display());
-    println!("    trellis stat -n shop                       # success rate, RPS, latency per service");
-    println!(
-        "    trellis apply -f examples/canary.yaml      # reviews: 90% v1, 10% v2; watch `trellis stat reviews -n shop --by subset`"
-    );
-    println!("    trellis tap reviews -n shop                # live requests with their mTLS identities");
-    println!("    trellis edges -n shop                      # who calls whom");
-    println!();
-    println!("  Stop: Ctrl-C here, or `trellis demo down`.");
     if args.open {
         let _ = crate::observe::open_in_browser(&dashboard);
     }
@@ -203,6 +193,29 @@ async fn start_and_wait(exe: &Path, dir: &Path, children: &mut Children, args: &
     }
     traffic.abort();
     Ok(())
+}
+
+/// The summary for people: where things are and what to try.
+fn print_summary(exe: &Path, api: &str, token_file: &Path, dashboard: &str, entry: &str) {
+    println!();
+    println!("Trellis demo is running.");
+    println!();
+    println!("  Dashboard:  {dashboard}");
+    println!("  The shop:   curl {entry}/product/2");
+    println!();
+    println!("  Try, in another terminal:");
+    if !on_path(exe) {
+        println!("    alias trellis={}", exe.display());
+    }
+    println!("    export TRELLIS_SERVER={api} TRELLIS_TOKEN_FILE={}", token_file.display());
+    println!("    trellis stat -n shop                       # success rate, RPS, latency per service");
+    println!(
+        "    trellis apply -f examples/canary.yaml      # reviews: 90% v1, 10% v2; watch `trellis stat reviews -n shop --by subset`"
+    );
+    println!("    trellis tap reviews -n shop                # live requests with their mTLS identities");
+    println!("    trellis edges -n shop                      # who calls whom");
+    println!();
+    println!("  Stop: Ctrl-C here, or `trellis demo down`.");
 }
 
 /// Whether `trellis` on the PATH is this binary (else the summary suggests an alias).

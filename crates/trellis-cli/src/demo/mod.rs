@@ -53,12 +53,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .context("cannot write the demo marker")?;
     eprintln!("Starting the Trellis demo (state and logs in {})", dir.display());
     let mut children = Children::new(dir.join("logs"));
-    let outcome = start_and_wait(&exe, &dir, &mut children, &args).await;
+    // Ctrl-C and SIGTERM stop the demo at any moment, also while it starts.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let outcome = tokio::select! {
+        outcome = start_and_wait(&exe, &dir, &mut children, &args) => outcome,
+        _ = terminate.recv() => Ok(()),
+        _ = interrupt.recv() => Ok(()),
+    };
     eprintln!("\nStopping the demo…");
     let stopped = children.stop_all();
-    let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(marker());
-    eprintln!("  • stopped {stopped} processes and removed {}", dir.display());
+    if outcome.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!("  • stopped {stopped} processes and removed {}", dir.display());
+    } else {
+        // Keep the logs of a failed demo for whoever wants to know why.
+        eprintln!("  • stopped {stopped} processes; logs kept in {}", dir.join("logs").display());
+    }
     outcome
 }
 
@@ -169,27 +182,17 @@ async fn start_and_wait(exe: &Path, dir: &Path, children: &mut Children, args: &
         let _ = crate::observe::open_in_browser(&dashboard);
     }
 
-    let stop = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let limit = async {
-            match args.duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-            _ = limit => {}
+    // Runs until `--duration` passes (signals are handled by the caller) or a child dies.
+    let limit = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
         }
-        anyhow::Ok(())
     };
     let watch = children.watch();
     tokio::select! {
-        result = stop => result?,
-        died = watch => anyhow::bail!("{died}; its log is in the state directory (kept until the demo stops)"),
+        _ = limit => {}
+        died = watch => anyhow::bail!("{died}"),
     }
     traffic.abort();
     Ok(())

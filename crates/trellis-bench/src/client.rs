@@ -3,6 +3,11 @@
 //! sending one request on it, reading the response body to the end.
 //!
 //! No pooling happens here; the driver (`run.rs`) owns the fixed set of connections.
+//!
+//! gRPC calls (`Grpc`) speak to the `trellis.testkit.v1.Echo` service of
+//! `trellis-test-backend grpc`: a unary call, or a server stream of N replies (its latency
+//! runs to the last message). The message is an `EchoRequest` encoded by hand, so the
+//! generator needs no generated code; a call succeeds when its trailers say `grpc-status: 0`.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -27,6 +32,49 @@ pub struct Target {
     body: Option<Bytes>,
     pub http2: bool,
     pub connect_timeout: Duration,
+    pub grpc: Option<Grpc>,
+}
+
+/// Which Echo call to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grpc {
+    Unary,
+    /// A server stream of this many replies.
+    ServerStream(u32),
+}
+
+impl Grpc {
+    fn path(self) -> &'static str {
+        match self {
+            Grpc::Unary => "/trellis.testkit.v1.Echo/Unary",
+            Grpc::ServerStream(_) => "/trellis.testkit.v1.Echo/ServerStream",
+        }
+    }
+
+    /// A length-prefixed `EchoRequest { message, count }`.
+    fn frame(self, payload: usize) -> Bytes {
+        let mut message = Vec::with_capacity(payload + 16);
+        message.push(0x0a); // field 1, length-delimited
+        varint(&mut message, payload as u64);
+        message.extend((0..payload).map(|i| b'a' + (i % 26) as u8));
+        if let Grpc::ServerStream(count) = self {
+            message.push(0x10); // field 2, varint
+            varint(&mut message, count as u64);
+        }
+        let mut frame = Vec::with_capacity(message.len() + 5);
+        frame.push(0); // not compressed
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        Bytes::from(frame)
+    }
+}
+
+fn varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 impl Target {
@@ -36,8 +84,9 @@ impl Target {
         body_size: Option<usize>,
         http2: bool,
         connect_timeout: Duration,
+        grpc: Option<Grpc>,
     ) -> anyhow::Result<Target> {
-        let absolute: Uri = url.parse().with_context(|| format!("invalid --url {url:?}"))?;
+        let mut absolute: Uri = url.parse().with_context(|| format!("invalid --url {url:?}"))?;
         match absolute.scheme_str() {
             Some("http") => {}
             Some(other) => bail!("--url: only http:// is supported, not {other}://"),
@@ -50,10 +99,17 @@ impl Target {
             .with_context(|| format!("resolving {}", authority.host()))?
             .next()
             .with_context(|| format!("{} resolves to no address", authority.host()))?;
+        let body = match grpc {
+            // The call's path replaces the URL's; gRPC always travels over HTTP/2.
+            Some(call) => {
+                absolute = format!("http://{authority}{}", call.path()).parse()?;
+                Some(call.frame(body_size.unwrap_or(0)))
+            }
+            None => body_size.map(|n| Bytes::from((0..n).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>())),
+        };
         let origin: Uri = absolute.path_and_query().map_or("/", |p| p.as_str()).parse()?;
         let host = HeaderValue::from_str(authority.as_str())?;
-        let body = body_size.map(|n| Bytes::from((0..n).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()));
-        Ok(Target { addr, absolute, origin, host, body, http2, connect_timeout })
+        Ok(Target { addr, absolute, origin, host, body, http2: http2 || grpc.is_some(), connect_timeout, grpc })
     }
 
     pub fn method(&self) -> &'static str {
@@ -67,6 +123,10 @@ impl Target {
         };
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
+        if self.grpc.is_some() {
+            request.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            request.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+        }
         if self.http2 {
             *request.uri_mut() = self.absolute.clone();
         } else {
@@ -142,13 +202,22 @@ pub async fn send(conn: &mut Conn, target: &Target) -> Result<(u16, u64), hyper:
             s.send_request(target.request()).await?
         }
     };
-    let status = response.status().as_u16();
+    let mut status = response.status().as_u16();
+    // gRPC: a trailers-only answer carries grpc-status in the headers.
+    let mut grpc_status = response.headers().get("grpc-status").cloned();
     let mut body = response.into_body();
     let mut bytes = 0u64;
     while let Some(frame) = body.frame().await {
-        if let Some(data) = frame?.data_ref() {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
             bytes += data.len() as u64;
+        } else if let Some(trailers) = frame.trailers_ref() {
+            grpc_status = trailers.get("grpc-status").cloned().or(grpc_status);
         }
+    }
+    // A failed gRPC call arrives as HTTP 200; count it as the server error it is.
+    if target.grpc.is_some() && status == 200 && grpc_status.as_ref().is_none_or(|s| s != "0") {
+        status = 500;
     }
     Ok((status, bytes))
 }

@@ -45,6 +45,13 @@ struct Cli {
     /// HTTP/2 with prior knowledge; requests are multiplexed over the connections.
     #[arg(long)]
     http2: bool,
+    /// gRPC calls to `trellis-test-backend grpc`'s Echo service instead of HTTP requests
+    /// (the URL's path is replaced by the call's): `unary`, or `server-stream` of
+    /// `--stream-messages` replies, timed to the last one. `--body-size` sets the message size.
+    #[arg(long, value_enum)]
+    grpc: Option<GrpcCall>,
+    #[arg(long, default_value_t = 10)]
+    stream_messages: u32,
     /// Send POST requests with a body of this many bytes (default: GET without a body).
     #[arg(long)]
     body_size: Option<usize>,
@@ -56,6 +63,12 @@ struct Cli {
     timeout: Duration,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GrpcCall {
+    Unary,
+    ServerStream,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -110,6 +123,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         threads: cli.threads,
         body_size: cli.body_size,
         http2: cli.http2,
+        grpc: cli.grpc.map(|call| match call {
+            GrpcCall::Unary => client::Grpc::Unary,
+            GrpcCall::ServerStream => client::Grpc::ServerStream(cli.stream_messages.max(1)),
+        }),
         timeout: cli.timeout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(cli.threads).enable_all().build()?;

@@ -31,6 +31,7 @@ pub struct RunOptions {
     pub body_size: Option<usize>,
     /// HTTP/2 with prior knowledge instead of HTTP/1.1.
     pub http2: bool,
+    pub grpc: Option<crate::client::Grpc>,
     /// Bound on one request, from when a connection takes it to the end of its body.
     pub timeout: Duration,
 }
@@ -75,7 +76,7 @@ struct Driver {
 pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
     let cpu_start = cpu_time();
     let wall_start = Instant::now();
-    let target = Arc::new(Target::new(&opts.url, opts.body_size, opts.http2, Duration::from_secs(5)).await?);
+    let target = Arc::new(Target::new(&opts.url, opts.body_size, opts.http2, Duration::from_secs(5), opts.grpc).await?);
 
     // Open the connections before the clock starts, so the first requests do not pay for it.
     let mut conns = VecDeque::with_capacity(opts.connections);

@@ -173,3 +173,100 @@ EOF
     check_body "$CLIENT_URL"
 }
 
+
+# envoy_pair LABEL: the same two hops through Envoy (client listener → HTTP/2 → server
+# listener → backend over HTTP/1.1), each Envoy with WORKERS worker threads; sets CLIENT_PID,
+# SERVER_PID, CLIENT_URL. Needs ENVOY (the binary).
+envoy_pair() {
+    local label=$1
+    local server_port client_port admin_s admin_c
+    server_port=$(free_port) client_port=$(free_port) admin_s=$(free_port) admin_c=$(free_port)
+    envoy_config "$TMP/$label-server-envoy.yaml" "$admin_s" "$server_port" "$BACKEND_PORT" http1
+    envoy_config "$TMP/$label-client-envoy.yaml" "$admin_c" "$client_port" "$server_port" http2
+    ENVOY_BASE_ID=$((${ENVOY_BASE_ID:-100} + 2))
+    start "$label-server" "$ENVOY" -c "$TMP/$label-server-envoy.yaml" --concurrency "$WORKERS" --base-id "$ENVOY_BASE_ID" --log-level warn
+    SERVER_PID=$STARTED_PID
+    start "$label-client" "$ENVOY" -c "$TMP/$label-client-envoy.yaml" --concurrency "$WORKERS" --base-id $((ENVOY_BASE_ID + 1)) --log-level warn
+    CLIENT_PID=$STARTED_PID
+    wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
+    wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
+    CLIENT_URL="http://127.0.0.1:$client_port$REQUEST_PATH"
+    check_body "$CLIENT_URL"
+}
+
+# envoy_config FILE ADMIN LISTEN UPSTREAM http1|http2: one listener routing everything to one
+# upstream, like a Trellis route with a single endpoint.
+envoy_config() {
+    local file=$1 admin=$2 listen=$3 upstream=$4 protocol=$5 options=""
+    if [[ $protocol == http2 ]]; then
+        options='
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}'
+    fi
+    cat >"$file" <<EOF
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin}}}
+static_resources:
+  listeners:
+  - name: in
+    address: {socket_address: {address: 127.0.0.1, port_value: $listen}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: in
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{match: {prefix: "/"}, route: {cluster: up, timeout: 10s}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: up
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: up
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $upstream}}}}]}]$options
+EOF
+}
+
+# haproxy_pair LABEL: the same two hops through HAProxy (HTTP/1.1 keep-alive on both hops),
+# nbthread WORKERS; sets CLIENT_PID, SERVER_PID, CLIENT_URL.
+haproxy_pair() {
+    local label=$1 server_port client_port
+    server_port=$(free_port) client_port=$(free_port)
+    haproxy_config "$TMP/$label-server-haproxy.cfg" "$server_port" "$BACKEND_PORT"
+    haproxy_config "$TMP/$label-client-haproxy.cfg" "$client_port" "$server_port"
+    start "$label-server" haproxy -db -f "$TMP/$label-server-haproxy.cfg"
+    SERVER_PID=$STARTED_PID
+    start "$label-client" haproxy -db -f "$TMP/$label-client-haproxy.cfg"
+    CLIENT_PID=$STARTED_PID
+    CLIENT_URL="http://127.0.0.1:$client_port$REQUEST_PATH"
+    wait_ok "$CLIENT_URL" "$label-client" "$CLIENT_PID"
+    check_body "$CLIENT_URL"
+}
+
+haproxy_config() {
+    cat >"$1" <<EOF
+global
+  nbthread $WORKERS
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend in
+  bind 127.0.0.1:$2
+  default_backend up
+backend up
+  server s1 127.0.0.1:$3
+EOF
+}

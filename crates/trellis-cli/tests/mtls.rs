@@ -107,8 +107,6 @@ fn strict_mtls_and_policy_between_two_joined_proxies() {
     let (_backend, backend_addr) = spawn_backend(&["http", "--name", "reviews"]);
     mesh.apply("kind: Service\nname: reviews\nnamespace: shop\nports: [{port: 80, protocol: http}]\n");
     mesh.apply(POLICY);
-    mesh.join_token("reviews", "shop", "reviews");
-    mesh.join_token("web", "shop", "web");
     let inbound = free_port();
     let (mut reviews, reviews_admin) = mesh.proxy(
         "reviews",
@@ -311,28 +309,10 @@ fn operator_intermediate_ca_and_permissive_mode() {
     let (_backend, backend_addr) = spawn_backend(&["http", "--name", "reviews"]);
     mesh.apply("kind: Service\nname: reviews\nnamespace: shop\nports: [{port: 80, protocol: http}]\n");
     mesh.apply("kind: Policy\nname: shop-permissive\nnamespace: shop\nmtls: permissive\n");
-    mesh.join_token("reviews", "shop", "reviews");
-    mesh.join_token("web", "shop", "web");
-    let inbound = free_port();
-    let (_reviews, reviews_admin) = mesh.proxy(
-        "reviews",
-        &format!(
-            "inbound: {{listen: '127.0.0.1:{inbound}', forward: '{backend_addr}'}}\nworkload: {{service: reviews, namespace: shop, address: '127.0.0.1:{inbound}'}}\n"
-        ),
-    );
-    let explicit = free_port();
-    let (_web, web_admin) = mesh.proxy(
-        "web",
-        &format!(
-            "explicit: [{{listen: '127.0.0.1:{explicit}', service: reviews.shop}}]\nworkload: {{service: web, namespace: shop, address: '127.0.0.1:{}', calls: [reviews]}}\n",
-            free_port()
-        ),
-    );
-    for admin in [reviews_admin, web_admin] {
-        wait_until("proxy ready", Duration::from_secs(30), || {
-            http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
-        });
-    }
+    let pair = mesh.reviews_and_web(backend_addr);
+    let reviews_admin = pair.reviews_admin;
+    let inbound = pair.inbound;
+    let explicit = pair.explicit;
     // Through the mesh: mutual TLS with a chain leaf → intermediate → operator root.
     let url = format!("http://127.0.0.1:{explicit}/items");
     wait_until("a request through both proxies", Duration::from_secs(30), || http_status(&url) == Some(200));

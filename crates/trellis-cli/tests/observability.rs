@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{Mesh, http_status, wait_until};
 use trellis_testkit::backend::spawn_backend;
-use trellis_testkit::http::free_port;
 
 /// Sends `rate` requests per second, open loop, until stopped; every tenth request asks the
 /// backend for a 503. Counts requests sent and responses received.
@@ -53,32 +52,12 @@ fn json(text: &str) -> serde_json::Value {
 #[test]
 fn stat_top_edges_and_tap_report_a_known_load() {
     let mesh = Mesh::start("observe", "1h");
-    mesh.join_token("reviews", "shop", "reviews");
-    mesh.join_token("web", "shop", "web");
     mesh.apply(
         "kind: Service\nname: reviews\nnamespace: shop\nroutes:\n  - name: items\n    match: {path: {prefix: /items}}\n",
     );
     let (_backend, backend_addr) = spawn_backend(&["http", "--name", "reviews"]);
-    let inbound = free_port();
-    let (_reviews, reviews_admin) = mesh.proxy(
-        "reviews",
-        &format!(
-            "inbound: {{listen: '127.0.0.1:{inbound}', forward: '{backend_addr}'}}\nworkload: {{service: reviews, namespace: shop, address: '127.0.0.1:{inbound}'}}\n"
-        ),
-    );
-    let explicit = free_port();
-    let (_web, web_admin) = mesh.proxy(
-        "web",
-        &format!(
-            "explicit: [{{listen: '127.0.0.1:{explicit}', service: reviews.shop}}]\nworkload: {{service: web, namespace: shop, address: '127.0.0.1:{}', calls: [reviews]}}\n",
-            free_port()
-        ),
-    );
-    for admin in [reviews_admin, web_admin] {
-        wait_until("proxy ready", Duration::from_secs(30), || {
-            http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
-        });
-    }
+    let pair = mesh.reviews_and_web(backend_addr);
+    let explicit = pair.explicit;
     let url = format!("http://127.0.0.1:{explicit}");
     wait_until("reviews reachable through the mesh", Duration::from_secs(30), || {
         http_status(&format!("{url}/items")) == Some(200)

@@ -143,7 +143,49 @@ pub fn http_status(url: &str) -> Option<u16> {
     String::from_utf8_lossy(&out.stdout).parse().ok()
 }
 
+/// The two workloads most tests need, in namespace `shop`: `reviews` (its sidecar's inbound
+/// listener forwards to an application) and `web` (its sidecar's explicit listener calls
+/// `reviews.shop`), each joined with its own token.
+pub struct ReviewsAndWeb {
+    pub reviews: ChildProcess,
+    pub web: ChildProcess,
+    pub reviews_admin: u16,
+    pub web_admin: u16,
+    /// The reviews sidecar's inbound port.
+    pub inbound: u16,
+    /// The web sidecar's explicit listener for reviews.
+    pub explicit: u16,
+}
+
 impl Mesh {
+    /// Starts the `reviews` (in front of `app`) and `web` sidecars and waits until both are
+    /// ready (joined, with a certificate).
+    pub fn reviews_and_web(&self, app: std::net::SocketAddr) -> ReviewsAndWeb {
+        self.join_token("reviews", "shop", "reviews");
+        self.join_token("web", "shop", "web");
+        let inbound = free_port();
+        let (reviews, reviews_admin) = self.proxy(
+            "reviews",
+            &format!(
+                "inbound: {{listen: '127.0.0.1:{inbound}', forward: '{app}'}}\nworkload: {{service: reviews, namespace: shop, address: '127.0.0.1:{inbound}'}}\n"
+            ),
+        );
+        let explicit = free_port();
+        let (web, web_admin) = self.proxy(
+            "web",
+            &format!(
+                "explicit: [{{listen: '127.0.0.1:{explicit}', service: reviews.shop}}]\nworkload: {{service: web, namespace: shop, address: '127.0.0.1:{}', calls: [reviews]}}\n",
+                free_port()
+            ),
+        );
+        for admin in [reviews_admin, web_admin] {
+            wait_until("proxy ready with a certificate", Duration::from_secs(30), || {
+                http_status(&format!("http://127.0.0.1:{admin}/ready")) == Some(200)
+            });
+        }
+        ReviewsAndWeb { reviews, web, reviews_admin, web_admin, inbound, explicit }
+    }
+
     /// Stops the control plane (SIGKILL), as an outage would.
     pub fn stop_control(&mut self) {
         if let Some(mut control) = self.control.take() {

@@ -35,12 +35,10 @@ BENCH_NAME=compare
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
 
-need curl "apt-get install curl"
+# shellcheck source=bench/proxy-lib.sh
+source "$ROOT/bench/proxy-lib.sh"
+bench_prerequisites
 need python3 "apt-get install python3"
-need getconf
-JSON=python3
-CLK_TCK=$(getconf CLK_TCK)
-
 if [[ $SYSTEMS == *haproxy* ]]; then need haproxy "apt-get install haproxy"; fi
 if [[ $SYSTEMS == *envoy* ]]; then
     ENVOY=$ROOT/.venv/bin/envoy
@@ -50,30 +48,9 @@ if [[ $SYSTEMS == *envoy* ]]; then
     fi
 fi
 
-if [[ -n ${BIN_DIR:-} ]]; then
-    BIN=$(cd "$BIN_DIR" && pwd)
-else
-    need cargo "install Rust with rustup"
-    say "building release binaries (cargo build --release)…"
-    (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
-        || die "the release build failed (see above)"
-    BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
-fi
+release_binaries
 
-# shellcheck source=bench/proxy-lib.sh
-source "$ROOT/bench/proxy-lib.sh"
-
-case $REQUEST_PATH in /bytes/*) EXPECTED_BYTES=${REQUEST_PATH#/bytes/} ;; *) die "REQUEST_PATH must be /bytes/N" ;; esac
-start backend "$BIN/trellis-test-backend" --listen 127.0.0.1:0 http
-BACKEND_PID=$STARTED_PID
-for _ in $(seq 100); do
-    BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
-    [[ -n $BACKEND_PORT ]] && break
-    sleep 0.1
-done
-[[ -n $BACKEND_PORT ]] || die "the backend did not say where it listens"
-BACKEND_URL="http://127.0.0.1:$BACKEND_PORT$REQUEST_PATH"
+start_backend
 
 RESULTS=$TMP/results
 mkdir -p "$RESULTS"

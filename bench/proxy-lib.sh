@@ -1,8 +1,61 @@
 # shellcheck shell=bash
-# Helpers for the proxy benchmarks (sourced after common.sh, with BIN, TMP, RATE, DURATION,
-# WARMUP, CONNECTIONS, JSON, BACKEND_PORT and EXPECTED_BYTES set by the sourcing script):
-# starting and stopping processes, CPU and RSS from /proc, one measured load run, and a
-# client/server proxy pair.
+# Helpers for the proxy benchmarks (sourced after common.sh; the sourcing script sets RATE,
+# DURATION, WARMUP, CONNECTIONS, REQUEST_PATH, ROOT and TMP): what they need from the
+# machine, the release binaries, the backend, starting and stopping processes, CPU and RSS
+# from /proc, one measured load run, and client/server proxy pairs (Trellis, Envoy, HAProxy).
+
+# bench_prerequisites: curl, /proc, and jq or python3 for trellis-bench's JSON; sets JSON and
+# CLK_TCK.
+bench_prerequisites() {
+    need curl "apt-get install curl"
+    need getconf
+    need awk
+    if command -v jq >/dev/null 2>&1; then
+        JSON=jq
+    elif command -v python3 >/dev/null 2>&1; then
+        JSON=python3
+    else
+        die "jq or python3 is needed to read trellis-bench's JSON (apt-get install jq)"
+    fi
+    [[ -r /proc/self/stat ]] || die "/proc is needed (Linux only)"
+    CLK_TCK=$(getconf CLK_TCK)
+}
+
+# release_binaries: sets BIN to BIN_DIR, or builds the release binaries and points at them.
+release_binaries() {
+    if [[ -n ${BIN_DIR:-} ]]; then
+        BIN=$(cd "$BIN_DIR" && pwd)
+    else
+        need cargo "install Rust with rustup"
+        say "building release binaries (cargo build --release)…"
+        (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
+            || die "the release build failed (see above)"
+        BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
+    fi
+    local b
+    for b in trellis trellis-test-backend trellis-bench; do
+        [[ -x $BIN/$b ]] || die "$BIN/$b is missing (set BIN_DIR to where it is, or unset BIN_DIR to build it)"
+    done
+}
+
+# start_backend: the HTTP backend on a free port; sets BACKEND_PID, BACKEND_PORT, BACKEND_URL
+# and EXPECTED_BYTES (from REQUEST_PATH, which must be /bytes/N).
+start_backend() {
+    case $REQUEST_PATH in /bytes/*) EXPECTED_BYTES=${REQUEST_PATH#/bytes/} ;; *) die "REQUEST_PATH must be /bytes/N" ;; esac
+    start backend "$BIN/trellis-test-backend" --listen 127.0.0.1:0 http
+    BACKEND_PID=$STARTED_PID
+    BACKEND_PORT=
+    for _ in $(seq 100); do
+        BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
+        [[ -n $BACKEND_PORT ]] && break
+        kill -0 "$BACKEND_PID" 2>/dev/null || { cat "$TMP/backend.log" >&2; die "the backend exited"; }
+        sleep 0.1
+    done
+    [[ -n $BACKEND_PORT ]] || die "the backend did not say where it listens"
+    BACKEND_URL="http://127.0.0.1:$BACKEND_PORT$REQUEST_PATH"
+    check_body "$BACKEND_URL"
+}
 
 
 # start NAME CMD...: runs CMD in the background, output to $TMP/NAME.log; sets STARTED_PID.

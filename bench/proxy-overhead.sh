@@ -56,41 +56,12 @@ BENCH_NAME=proxy-overhead
 source "$ROOT/bench/common.sh"
 
 # ---------------------------------------------------------------- prerequisites
-need curl "apt-get install curl"
-need openssl "apt-get install openssl"
-need getconf
-need awk
-if command -v jq >/dev/null 2>&1; then
-    JSON=jq
-elif command -v python3 >/dev/null 2>&1; then
-    JSON=python3
-else
-    die "jq or python3 is needed to read trellis-bench's JSON (apt-get install jq)"
-fi
-[[ -r /proc/self/stat ]] || die "/proc is needed (Linux only)"
-CLK_TCK=$(getconf CLK_TCK)
-
-# ---------------------------------------------------------------- cleanup
-
-# ---------------------------------------------------------------- build
-if [[ -n ${BIN_DIR:-} ]]; then
-    BIN=$(cd "$BIN_DIR" && pwd)
-else
-    need cargo "install Rust with rustup"
-    say "building release binaries (cargo build --release)…"
-    (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
-        || die "the release build failed (see above)"
-    BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
-fi
-for b in trellis trellis-test-backend trellis-bench; do
-    [[ -x $BIN/$b ]] || die "$BIN/$b is missing (set BIN_DIR to where it is, or unset BIN_DIR to build it)"
-done
-
-# ---------------------------------------------------------------- helpers
-# start, stop, measure, proxy_pair, …
 # shellcheck source=bench/proxy-lib.sh
 source "$ROOT/bench/proxy-lib.sh"
+need openssl "apt-get install openssl"
+bench_prerequisites
+release_binaries
+
 
 # mtls_pair LABEL: like proxy_pair, but both proxies join a control plane (started here) with
 # join tokens and talk mutual TLS; sets the same variables plus CONTROL_PID, CLIENT_STATE and
@@ -189,19 +160,7 @@ detections() {
 }
 
 # ---------------------------------------------------------------- run
-case $REQUEST_PATH in /bytes/*) EXPECTED_BYTES=${REQUEST_PATH#/bytes/} ;; *) die "REQUEST_PATH must be /bytes/N" ;; esac
-
-start backend "$BIN/trellis-test-backend" --listen 127.0.0.1:0 http
-BACKEND_PID=$STARTED_PID
-for _ in $(seq 100); do
-    BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
-    [[ -n $BACKEND_PORT ]] && break
-    kill -0 "$BACKEND_PID" 2>/dev/null || { cat "$TMP/backend.log" >&2; die "the backend exited"; }
-    sleep 0.1
-done
-[[ -n $BACKEND_PORT ]] || die "the backend did not say where it listens"
-BACKEND_URL="http://127.0.0.1:$BACKEND_PORT$REQUEST_PATH"
-check_body "$BACKEND_URL"
+start_backend
 
 declare -A DETECTED=()
 measure direct "$BACKEND_URL" backend="$BACKEND_PID"

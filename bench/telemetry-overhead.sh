@@ -40,37 +40,12 @@ BENCH_NAME=telemetry-overhead
 # shellcheck source=bench/common.sh
 source "$ROOT/bench/common.sh"
 
-need curl "apt-get install curl"
-need getconf
-need awk
-if command -v jq >/dev/null 2>&1; then JSON=jq; elif command -v python3 >/dev/null 2>&1; then JSON=python3; else
-    die "jq or python3 is needed to read trellis-bench's JSON (apt-get install jq)"
-fi
-CLK_TCK=$(getconf CLK_TCK)
-
-if [[ -n ${BIN_DIR:-} ]]; then
-    BIN=$(cd "$BIN_DIR" && pwd)
-else
-    need cargo "install Rust with rustup"
-    say "building release binaries (cargo build --release)…"
-    (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
-        || die "the release build failed (see above)"
-    BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
-fi
-
 # shellcheck source=bench/proxy-lib.sh
 source "$ROOT/bench/proxy-lib.sh"
+bench_prerequisites
+release_binaries
 
-case $REQUEST_PATH in /bytes/*) EXPECTED_BYTES=${REQUEST_PATH#/bytes/} ;; *) die "REQUEST_PATH must be /bytes/N" ;; esac
-start backend "$BIN/trellis-test-backend" --listen 127.0.0.1:0 http
-BACKEND_PID=$STARTED_PID
-for _ in $(seq 100); do
-    BACKEND_PORT=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/backend.log")
-    [[ -n $BACKEND_PORT ]] && break
-    sleep 0.1
-done
-[[ -n $BACKEND_PORT ]] || die "the backend did not say where it listens"
+start_backend
 
 declare -A CPU=() P99=()
 LOG_LINES=0

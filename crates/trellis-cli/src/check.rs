@@ -181,7 +181,7 @@ fn certificate_authority(ca: &Value, report: &mut Report) {
     for root in ca["roots"].as_array().into_iter().flatten() {
         let not_after = root["notAfter"].as_i64().unwrap_or(0);
         let fingerprint = root["fingerprint"].as_str().unwrap_or("?");
-        let short = &fingerprint[..fingerprint.len().min(16)];
+        let short = fingerprint.get(..16).unwrap_or(fingerprint);
         if not_after < now_unix() {
             fine = false;
             report.fail("certificate authority", format!("root {short}… expired"), "rotate it: `trellis ca rotate`");

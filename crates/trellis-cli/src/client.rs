@@ -22,7 +22,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn token(&self) -> anyhow::Result<Option<String>> {
+    /// The token given by flag, environment or file.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(token) = &self.token {
             return Ok(Some(token.clone()));
         }
@@ -37,44 +38,13 @@ impl Connection {
         }
     }
 
-    /// The token, for handing to the dashboard.
-    pub fn token_value(&self) -> anyhow::Result<Option<String>> {
-        self.token()
-    }
-
-    /// Opens a streaming GET (JSON lines) and returns the response once its headers arrive;
-    /// an error status is turned into an error with the API's message.
-    pub async fn stream(&self, path: &str) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-        let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let mut request = http::Request::builder().method(http::Method::GET).uri(&url);
-        if let Some(token) = self.token()? {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = request.body(Full::new(Bytes::new())).with_context(|| format!("bad URL {url}"))?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
-            .await
-            .with_context(|| format!("no answer from the control plane at {} within 30 s", self.server))?
-            .with_context(|| {
-                format!("cannot reach the control plane at {} (is `trellis control` running?)", self.server)
-            })?;
-        if !response.status().is_success() {
-            let status = response.status().as_u16();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            let json = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-            return Err(api_error(status, &json));
-        }
-        Ok(response)
-    }
-
-    /// Sends a request and returns (status, JSON body).
-    pub async fn call(
+    /// Sends a request and returns the response once its headers arrive.
+    async fn send(
         &self,
         method: http::Method,
         path: &str,
         body: Option<(String, &str)>,
-    ) -> anyhow::Result<(u16, Value)> {
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
         let mut request = http::Request::builder().method(method).uri(&url);
         if let Some(token) = self.token()? {
@@ -89,18 +59,42 @@ impl Connection {
         };
         let request = request.body(Full::new(payload)).with_context(|| format!("bad URL {url}"))?;
         let client = Client::builder(TokioExecutor::new()).build_http();
-        let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
             .await
             .with_context(|| format!("no answer from the control plane at {} within 30 s", self.server))?
             .with_context(|| {
                 format!("cannot reach the control plane at {} (is `trellis control` running?)", self.server)
-            })?;
-        let status = response.status().as_u16();
-        let bytes = response.into_body().collect().await?.to_bytes();
-        let json = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok((status, json))
+            })
     }
+
+    /// Opens a streaming GET (JSON lines) and returns the response once its headers arrive;
+    /// an error status is turned into an error with the API's message.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let response = self.send(http::Method::GET, path, None).await?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            return Err(api_error(status, &json_body(response).await?));
+        }
+        Ok(response)
+    }
+
+    /// Sends a request and returns (status, JSON body).
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<(String, &str)>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status().as_u16();
+        Ok((status, json_body(response).await?))
+    }
+}
+
+/// The body as JSON, or as a JSON string when it is not JSON.
+async fn json_body(response: hyper::Response<hyper::body::Incoming>) -> anyhow::Result<Value> {
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok(serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())))
 }
 
 /// Turns an API error body into a readable error.

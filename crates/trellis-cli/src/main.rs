@@ -131,18 +131,7 @@ enum Command {
         callers' proxies. Routes and subsets are chosen by callers, so --by route|subset shows\n\
         the callers' view. Proxies report every 5 s; windows reach back 15 minutes."
     )]
-    Stat {
-        /// Only this service (`NAME` or `NAME.NAMESPACE`).
-        service: Option<String>,
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
-        #[arg(long, value_parser = ["service", "route", "subset"], default_value = "service")]
-        by: String,
-        #[arg(long, short = 'w', default_value = "30s")]
-        window: String,
-        #[arg(long, short = 'o', value_enum, default_value_t)]
-        output: Output,
-    },
+    Stat(observe::StatArgs),
     /// The busiest routes, refreshed live.
     #[command(
         after_help = "Example:\n  trellis top\n  trellis top -n shop --interval 5\n  trellis top -o json   # once, as JSON"
@@ -173,32 +162,7 @@ enum Command {
         after_help = "Example:\n  trellis tap reviews\n  trellis tap reviews.shop --method POST --path-prefix /api --min-status 500\n  \
         trellis tap web --max 20 -o json"
     )]
-    Tap {
-        /// The service (`NAME` or `NAME.NAMESPACE`); every service when left out.
-        service: Option<String>,
-        #[arg(long, value_parser = ["inbound", "outbound"])]
-        direction: Option<String>,
-        #[arg(long)]
-        route: Option<String>,
-        #[arg(long)]
-        method: Option<String>,
-        #[arg(long)]
-        path_prefix: Option<String>,
-        /// Only responses with at least this status, e.g. 500.
-        #[arg(long)]
-        min_status: Option<u16>,
-        /// Only requests from or to this SPIFFE ID.
-        #[arg(long)]
-        identity: Option<String>,
-        /// Stop after this many requests.
-        #[arg(long)]
-        max: Option<u64>,
-        /// Stop after this long, e.g. 30s (default 10m).
-        #[arg(long)]
-        duration: Option<String>,
-        #[arg(long, short = 'o', value_enum, default_value_t)]
-        output: Output,
-    },
+    Tap(observe::TapArgs),
     /// Print the web dashboard's address (service graph, golden metrics, live tap, history).
     #[command(
         after_help = "Example:\n  trellis dashboard --token-file ./trellis-data/admin.token\n  trellis dashboard --open\n\n\
@@ -442,9 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(resources::create_token(&conn, request))
         }
         Command::Proxy { config } => runtime()?.block_on(run_proxy(config)),
-        Command::Stat { service, namespace, by, window, output } => {
-            runtime()?.block_on(observe::stat(&conn, observe::StatArgs { service, namespace, by, window, output }))
-        }
+        Command::Stat(args) => runtime()?.block_on(observe::stat(&conn, args)),
         Command::Top { namespace, window, interval, output } => runtime()?.block_on(observe::top(
             &conn,
             namespace,
@@ -455,32 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Edges { namespace, window, output } => {
             runtime()?.block_on(observe::edges(&conn, namespace, window, output))
         }
-        Command::Tap {
-            service,
-            direction,
-            route,
-            method,
-            path_prefix,
-            min_status,
-            identity,
-            max,
-            duration,
-            output,
-        } => {
-            let args = observe::TapArgs {
-                service,
-                direction,
-                route,
-                method,
-                path_prefix,
-                min_status,
-                identity,
-                max,
-                duration,
-                output,
-            };
-            runtime()?.block_on(observe::tap(&conn, args))
-        }
+        Command::Tap(args) => runtime()?.block_on(observe::tap(&conn, args)),
         Command::Dashboard { open } => runtime()?.block_on(observe::dashboard(&conn, open)),
         Command::Check { expiry_warning, output } => runtime()?.block_on(check::run(&conn, expiry_warning, output)),
         Command::Demo { action: Some(DemoAction::Down), .. } => demo::down(),

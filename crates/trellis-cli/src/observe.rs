@@ -44,11 +44,17 @@ fn rps(v: &Value) -> String {
     format!("{:.1}", v.as_f64().unwrap_or(0.0))
 }
 
+#[derive(clap::Args)]
 pub struct StatArgs {
+    /// Only this service (`NAME` or `NAME.NAMESPACE`).
     pub service: Option<String>,
+    #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    #[arg(long, value_parser = ["service", "route", "subset"], default_value = "service")]
     pub by: String,
+    #[arg(long, short = 'w', default_value = "30s")]
     pub window: String,
+    #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
 }
 
@@ -174,16 +180,31 @@ pub async fn top(
     }
 }
 
+#[derive(clap::Args)]
 pub struct TapArgs {
+    /// The service (`NAME` or `NAME.NAMESPACE`); every service when left out.
     pub service: Option<String>,
+    #[arg(long, value_parser = ["inbound", "outbound"])]
     pub direction: Option<String>,
+    #[arg(long)]
     pub route: Option<String>,
+    #[arg(long)]
     pub method: Option<String>,
+    #[arg(long)]
     pub path_prefix: Option<String>,
+    /// Only responses with at least this status, e.g. 500.
+    #[arg(long)]
     pub min_status: Option<u16>,
+    /// Only requests from or to this SPIFFE ID.
+    #[arg(long)]
     pub identity: Option<String>,
+    /// Stop after this many requests.
+    #[arg(long)]
     pub max: Option<u64>,
+    /// Stop after this long, e.g. 30s (default 10m).
+    #[arg(long)]
     pub duration: Option<String>,
+    #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
 }
 
@@ -260,7 +281,7 @@ pub async fn dashboard(conn: &Connection, open: bool) -> anyhow::Result<()> {
     // Fail early and clearly if the control plane is not there.
     get(conn, "/v1/stats?window=30s").await?;
     let base = conn.server.trim_end_matches('/');
-    let url = match conn.token_value()? {
+    let url = match conn.token()? {
         Some(token) => format!("{base}/dashboard/#token={token}"),
         None => format!("{base}/dashboard/"),
     };

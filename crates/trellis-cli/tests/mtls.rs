@@ -107,6 +107,8 @@ fn strict_mtls_and_policy_between_two_joined_proxies() {
     let (_backend, backend_addr) = spawn_backend(&["http", "--name", "reviews"]);
     mesh.apply("kind: Service\nname: reviews\nnamespace: shop\nports: [{port: 80, protocol: http}]\n");
     mesh.apply(POLICY);
+    mesh.join_token("reviews", "shop", "reviews");
+    mesh.join_token("web", "shop", "web");
     let inbound = free_port();
     let (mut reviews, reviews_admin) = mesh.proxy(
         "reviews",

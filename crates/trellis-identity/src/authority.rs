@@ -40,20 +40,30 @@ pub struct Issued {
 /// Makes a self-signed root CA for `trust_domain`; returns (certificate PEM, key PEM).
 pub fn new_root(trust_domain: &str, lifetime: Duration) -> Result<(String, String), AuthorityError> {
     let key = KeyPair::generate().map_err(|e| AuthorityError::Signing(e.to_string()))?;
+    let name = format!("Trellis root CA for {trust_domain} {}", unique_suffix()?);
+    let params = ca_params(name, BasicConstraints::Unconstrained, lifetime)?;
+    let cert = params.self_signed(&key).map_err(|e| AuthorityError::Signing(e.to_string()))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// What every CA certificate we make has: the name, CA constraints, CA key usages, validity
+/// from slightly in the past, a random serial.
+fn ca_params(
+    common_name: String,
+    constraints: BasicConstraints,
+    lifetime: Duration,
+) -> Result<CertificateParams, AuthorityError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::OrganizationName, "Trellis");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("Trellis root CA for {trust_domain} {}", unique_suffix()?));
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(constraints);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
     params.not_after = now + lifetime;
     params.serial_number = Some(random_serial()?);
-    let cert = params.self_signed(&key).map_err(|e| AuthorityError::Signing(e.to_string()))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(params)
 }
 
 /// The CA certificate and key that sign SVIDs.
@@ -156,19 +166,9 @@ fn random_serial() -> Result<SerialNumber, AuthorityError> {
 /// tests); returns (certificate PEM, key PEM).
 pub fn new_intermediate(parent: &Signer, lifetime: Duration) -> Result<(String, String), AuthorityError> {
     let key = KeyPair::generate().map_err(|e| AuthorityError::Signing(e.to_string()))?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::OrganizationName, "Trellis");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("Trellis intermediate CA for {} {}", parent.trust_domain, unique_suffix()?));
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let name = format!("Trellis intermediate CA for {} {}", parent.trust_domain, unique_suffix()?);
+    let mut params = ca_params(name, BasicConstraints::Constrained(0), lifetime)?;
     params.use_authority_key_identifier_extension = true;
-    let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
-    params.not_after = now + lifetime;
-    params.serial_number = Some(random_serial()?);
     let cert = params.signed_by(&key, &parent.issuer).map_err(|e| AuthorityError::Signing(e.to_string()))?;
     Ok((cert.pem(), key.serialize_pem()))
 }

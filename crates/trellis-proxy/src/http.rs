@@ -176,7 +176,7 @@ impl Handler {
         let grpc = is_grpc(request.headers());
         let head = request.method() == http::Method::HEAD;
         let direction = self.side.direction();
-        let observation = Observation::begin(&mut request, direction, &config.telemetry, telemetry);
+        let observation = Observation::begin(&mut request, &config.telemetry, telemetry);
 
         let handled = match &self.side {
             Side::Inbound { app } => {

@@ -312,7 +312,7 @@ fn spans_link_parent_and_child_across_two_hops() {
     );
 
     // B3 (multi-header, 64-bit trace id): the same links, and the app gets B3 headers back.
-    let out = curl(&[
+    curl(&[
         "-H",
         "x-b3-traceid: a3ce929d0e0e4736",
         "-H",
@@ -321,7 +321,6 @@ fn spans_link_parent_and_child_across_two_hops() {
         "x-b3-sampled: 1",
         &format!("http://{}/status/500", mesh.entry),
     ]);
-    let _ = out;
     let b3_trace = unhex("0000000000000000a3ce929d0e0e4736");
     let (client, server) = received.pair(&b3_trace);
     assert_eq!(hex(&client.parent_span_id), "1111111111111111");

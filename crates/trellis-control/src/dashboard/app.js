@@ -209,6 +209,23 @@ function updateNamespaces(items) {
   }
 }
 
+// --- streams of JSON lines (the change feed and taps) --------------------------------------
+
+// Calls `onBatch` with the objects of each chunk of a JSON-lines response, until it ends.
+async function readJsonLines(response, onBatch) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let pending = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    pending += decoder.decode(value, { stream: true });
+    const lines = pending.split('\n');
+    pending = lines.pop();
+    onBatch(lines.map((l) => l.trim()).filter(Boolean).map((l) => JSON.parse(l)));
+  }
+}
+
 // --- configuration history (the store's change feed) --------------------------------------
 
 const changes = [];
@@ -221,21 +238,11 @@ async function followChanges() {
     const since = Math.max(0, (changes.length ? changes[changes.length - 1].revision : revision - 50));
     const response = await fetch(`/v1/watch?since=${since}`, { headers: { Authorization: `Bearer ${token}` } });
     if (!response.ok) return;
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let pending = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      pending += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, end).trim();
-        pending = pending.slice(end + 1);
-        if (line) { changes.push(JSON.parse(line)); if (changes.length > 200) changes.shift(); }
-      }
+    await readJsonLines(response, (batch) => {
+      changes.push(...batch);
+      changes.splice(0, Math.max(0, changes.length - 200));
       drawChanges();
-    }
+    });
   } catch (e) { /* retried below */ }
   setTimeout(followChanges, REFRESH_MS);
 }
@@ -268,28 +275,17 @@ async function startTap() {
   try {
     const response = await fetch(`/v1/tap?${params}`, { headers: { Authorization: `Bearer ${token}` }, signal: tapping.signal });
     if (!response.ok) throw new Error((await response.json()).error);
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let pending = '';
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      pending += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, end).trim();
-        pending = pending.slice(end + 1);
-        if (!line) continue;
-        const e = JSON.parse(line);
+    const who = (v) => v || 'plaintext';
+    await readJsonLines(response, (events) => {
+      for (const e of events) {
         const row = el('tr');
-        const who = (v) => v || 'plaintext';
         row.append(el('td', e.time.slice(11, 23)), el('td', e.direction), el('td', e.service), el('td', e.method),
           el('td', e.path), el('td', e.grpcStatus !== undefined ? `${e.status} / grpc ${e.grpcStatus}` : e.status, e.status >= 500 ? 'bad' : ''),
           el('td', fmt.ms(e.latencyMs), 'num'), el('td', `${who(e.sourceIdentity)} → ${who(e.destinationIdentity)}`), el('td', e.proxy));
         body.prepend(row);
-        while (body.rows.length > 200) body.deleteRow(-1);
       }
-    }
+      while (body.rows.length > 200) body.deleteRow(-1);
+    });
   } catch (e) {
     if (e.name !== 'AbortError') setStatus(`tap: ${e.message}`);
   }

@@ -152,6 +152,8 @@ pub struct WindowSeries {
 #[derive(Default)]
 pub struct TelemetryStore {
     proxies: Mutex<HashMap<String, ProxyTelemetry>>,
+    /// When proxies gone longer than RETENTION were last forgotten (ms).
+    last_sweep_ms: std::sync::atomic::AtomicI64,
 }
 
 pub fn now_ms() -> i64 {
@@ -201,7 +203,12 @@ impl TelemetryStore {
                 series.samples.pop_front();
             }
         }
-        proxies.retain(|_, p| p.last_report_ms > cutoff);
+        // Forgetting proxies that stopped reporting need not happen on every report.
+        let last_sweep = self.last_sweep_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if at - last_sweep > REPORT_EVERY_MS * 12 {
+            self.last_sweep_ms.store(at, std::sync::atomic::Ordering::Relaxed);
+            proxies.retain(|_, p| p.last_report_ms > cutoff);
+        }
     }
 
     /// Activity of every series in the window of `window` ending now.

@@ -129,7 +129,6 @@ impl RequestFacts {
 /// A request being observed, from its arrival to the end of its response.
 pub struct Observation {
     started: Instant,
-    direction: &'static str,
     span: Option<SpanContext>,
     /// The caller's trace id when this proxy does not trace (for the access log).
     trace_id: Option<[u8; 16]>,
@@ -158,17 +157,9 @@ impl Observation {
     /// Starts observing `request`: reads (and for the next hop, rewrites) its trace
     /// context and counts its body. `None` when nothing is recorded at all (statistics,
     /// logs and tracing off, no tap open).
-    pub fn begin(
-        request: &mut Request<Body>,
-        direction: &'static str,
-        config: &TelemetryConfig,
-        telemetry: &Telemetry,
-    ) -> Option<Observation> {
-        if !config.request_metrics
-            && config.access_log.is_none()
-            && config.tracing.is_none()
-            && !telemetry.taps.is_open()
-        {
+    pub fn begin(request: &mut Request<Body>, config: &TelemetryConfig, telemetry: &Telemetry) -> Option<Observation> {
+        let tapped = telemetry.taps.is_open();
+        if !config.request_metrics && config.access_log.is_none() && config.tracing.is_none() && !tapped {
             return None;
         }
         let started = Instant::now();
@@ -182,8 +173,7 @@ impl Observation {
             }
             None => {}
         }
-        let wants_facts =
-            config.access_log.is_some() || telemetry.taps.is_open() || span.as_ref().is_some_and(|s| s.sampled);
+        let wants_facts = config.access_log.is_some() || tapped || span.as_ref().is_some_and(|s| s.sampled);
         let facts = wants_facts.then(|| RequestFacts {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -198,16 +188,7 @@ impl Observation {
             *request.body_mut() = body::boxed(Counted { inner: body, bytes: counter.clone() });
             counter
         });
-        Some(Observation {
-            started,
-            direction,
-            span,
-            trace_id,
-            facts,
-            request_bytes,
-            grpc,
-            metrics: config.request_metrics,
-        })
+        Some(Observation { started, span, trace_id, facts, request_bytes, grpc, metrics: config.request_metrics })
     }
 
     fn request_bytes(&self) -> u64 {
@@ -254,8 +235,10 @@ fn begin_span(headers: &mut HeaderMap, sampling: f64) -> SpanContext {
     SpanContext { trace_id, span_id, parent, sampled }
 }
 
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 fn grpc_status_of(headers: &HeaderMap) -> Option<u16> {
-    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+    headers.get(GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
 }
 
 /// Counts the bytes of a request body as they pass.
@@ -387,7 +370,7 @@ impl Record {
                 time: facts.start,
                 trace_id: trace_id.as_ref(),
                 span_id: observation.span.as_ref().filter(|s| s.sampled).map(|s| &s.span_id),
-                direction: observation.direction,
+                direction: outcome.labels.direction,
                 service: &outcome.labels.service,
                 route: &outcome.labels.route,
                 upstream: &outcome.labels.upstream,
@@ -418,7 +401,7 @@ impl Record {
                 ("server.address", otlp::Value::Str(facts.authority().to_string())),
                 ("http.response.status_code", otlp::Value::Int(status as i64)),
                 ("network.protocol.name", otlp::Value::Str(protocol_name(facts.version).into())),
-                ("trellis.direction", otlp::Value::Str(observation.direction.into())),
+                ("trellis.direction", otlp::Value::Str(outcome.labels.direction.into())),
                 ("trellis.service", otlp::Value::Str(outcome.labels.service.to_string())),
                 ("trellis.route", otlp::Value::Str(outcome.labels.route.to_string())),
                 ("trellis.upstream", otlp::Value::Str(outcome.labels.upstream.to_string())),
@@ -438,7 +421,8 @@ impl Record {
             if let Some(reason) = outcome.error {
                 attributes.push(("trellis.error", otlp::Value::Str(reason.into())));
             }
-            let kind = if observation.direction == "inbound" { otlp::SpanKind::Server } else { otlp::SpanKind::Client };
+            let kind =
+                if outcome.labels.direction == "inbound" { otlp::SpanKind::Server } else { otlp::SpanKind::Client };
             telemetry.spans.submit(otlp::SpanRecord {
                 collector,
                 trace_id: span.trace_id,
@@ -455,7 +439,7 @@ impl Record {
         if telemetry.taps.is_open() {
             telemetry.taps.publish(&tap::TapEvent {
                 time: access_log::rfc3339(facts.start),
-                direction: observation.direction.into(),
+                direction: outcome.labels.direction.into(),
                 service: outcome.labels.service.to_string(),
                 route: outcome.labels.route.to_string(),
                 upstream: outcome.labels.upstream.to_string(),

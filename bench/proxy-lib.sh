@@ -2,7 +2,17 @@
 # Helpers for the proxy benchmarks (sourced after common.sh; the sourcing script sets RATE,
 # DURATION, WARMUP, CONNECTIONS, REQUEST_PATH, ROOT and TMP): what they need from the
 # machine, the release binaries, the backend, starting and stopping processes, CPU and RSS
-# from /proc, one measured load run, and client/server proxy pairs (Trellis, Envoy, HAProxy).
+# from /proc, one measured load run, and client/server proxy pairs (Trellis plain and mTLS,
+# Envoy plain and mTLS, HAProxy).
+#
+# Every proxy gets WORKERS worker threads (default 1, a sidecar's usual share: Envoy's
+# --concurrency, HAProxy's nbthread, trellis-proxy's --workers).
+WORKERS=${WORKERS:-1}
+
+# The L7 routes the client-side proxy evaluates for every request, the same in Trellis and
+# Envoy: a header match that does not hold, then a path-prefix route with a timeout and a
+# retry policy that forwards everything the benchmark sends.
+TRELLIS_ROUTES="routes: [{name: debug, match: {headers: {x-debug: '1'}}, timeout: 1s}, {name: bytes, match: {path: {prefix: /bytes/}, method: GET}, timeout: 10s, retries: {attempts: 2, on: [connect-failure, reset]}}]"
 
 # bench_prerequisites: curl, /proc, and jq or python3 for trellis-bench's JSON; sets JSON and
 # CLK_TCK.
@@ -21,22 +31,29 @@ bench_prerequisites() {
     CLK_TCK=$(getconf CLK_TCK)
 }
 
-# release_binaries: sets BIN to BIN_DIR, or builds the release binaries and points at them.
+# release_binaries: sets BIN and PROXY_BIN to BIN_DIR, or builds the release binaries and
+# the sidecar binary as it ships (`--profile proxy`: release with whole-program optimization)
+# and points at them.
 release_binaries() {
     if [[ -n ${BIN_DIR:-} ]]; then
         BIN=$(cd "$BIN_DIR" && pwd)
+        PROXY_BIN=$BIN
     else
         need cargo "install Rust with rustup"
-        say "building release binaries (cargo build --release)…"
-        (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) \
-            || die "the release build failed (see above)"
-        BIN=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/release
+        say "building release binaries (cargo build --release, and --profile proxy for trellis-proxy)…"
+        (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench &&
+            cargo build --profile proxy -p trellis-proxy --bin trellis-proxy) || die "the release build failed (see above)"
+        local target
+        target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+        BIN=$target/release
+        PROXY_BIN=$target/proxy
     fi
     local b
     for b in trellis trellis-test-backend trellis-bench; do
         [[ -x $BIN/$b ]] || die "$BIN/$b is missing (set BIN_DIR to where it is, or unset BIN_DIR to build it)"
     done
+    [[ -x $PROXY_BIN/trellis-proxy ]] || die "$PROXY_BIN/trellis-proxy is missing"
 }
 
 # start_backend: the HTTP backend on a free port; sets BACKEND_PID, BACKEND_PORT, BACKEND_URL
@@ -85,16 +102,16 @@ stop() {
     forget "$pid"
 }
 
-# wait_ok URL NAME PID: until URL answers 200 (20 s), or NAME's process dies.
-wait_ok() {
+# wait_ok URL NAME PID: until URL answers 200, or NAME's process dies.
+wait_ok() { # WAIT_SECONDS (default 20) changes the limit
     local url=$1 name=$2 pid=$3
-    for _ in $(seq 200); do
+    for _ in $(seq $((${WAIT_SECONDS:-20} * 10))); do
         kill -0 "$pid" 2>/dev/null || { tail -20 "$TMP/$name.log" >&2; die "$name exited during start-up"; }
         [[ $(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" 2>/dev/null) == 200 ]] && return
         sleep 0.1
     done
     tail -20 "$TMP/$name.log" >&2
-    die "$name did not answer 200 on $url within 20 s"
+    die "$name did not answer 200 on $url within ${WAIT_SECONDS:-20} s"
 }
 
 # check_body URL: one request must give 200 and the expected body size.
@@ -104,14 +121,20 @@ check_body() {
     [[ $out == "200 $EXPECTED_BYTES" ]] || die "$1 answered '$out' (want '200 $EXPECTED_BYTES')"
 }
 
-# cpu_ticks PID and rss_kib PID, with bash builtins only (no fork while measuring).
-cpu_ticks() {
+# cpu_ticks PID (utime+stime), cpu_split PID ("utime stime") and rss_kib PID, with bash
+# builtins only (no fork while measuring).
+cpu_split() {
     local stat rest
-    read -r stat <"/proc/$1/stat" || { echo 0; return; }
+    read -r stat <"/proc/$1/stat" || { echo "0 0"; return; }
     rest=${stat##*) }   # fields after "pid (comm) "; the first of them is field 3
     local -a fields
     read -r -a fields <<<"$rest"
-    echo $((fields[11] + fields[12]))  # fields 14 (utime) and 15 (stime)
+    echo "${fields[11]} ${fields[12]}"  # fields 14 (utime) and 15 (stime)
+}
+cpu_ticks() {
+    local user sys
+    read -r user sys <<<"$(cpu_split "$1")"
+    echo $((user + sys))
 }
 rss_kib() {
     local key value _
@@ -134,8 +157,9 @@ print("-" if v is None else str(v).lower() if isinstance(v,bool) else v)' "$1" "
 
 # measure LABEL URL NAME=PID...: one load run against URL. Samples CPU of every named process
 # when the generator starts and ends its measured window, RSS before the load and at its end.
-# Leaves $TMP/LABEL.json (the generator's report) and $TMP/LABEL.procs (name rss_idle
-# rss_load cpu_ticks per line).
+# RATE may be `max` (closed loop: the most the path answers). Leaves $TMP/LABEL.json (the
+# generator's report) and $TMP/LABEL.procs (name rss_idle_kib rss_load_kib cpu_ticks
+# user_ticks sys_ticks per line).
 measure() {
     local label=$1 url=$2
     shift 2
@@ -148,7 +172,7 @@ measure() {
     rm -f "$TMP/events"
     mkfifo "$TMP/events"
     "$BIN/trellis-bench" --url "$url" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" \
-        --connections "$CONNECTIONS" --threads 1 --output json >"$TMP/$label.json" 2>"$TMP/events" &
+        --connections "${MEASURE_CONNECTIONS:-$CONNECTIONS}" --threads 1 --output json >"$TMP/$label.json" 2>"$TMP/events" &
     local bench=$!
     PIDS+=("$bench")
     local line fd
@@ -157,9 +181,9 @@ measure() {
     while IFS= read -r -u "$fd" line; do
         case $line in
         "trellis-bench: measuring")
-            for i in "${!pids[@]}"; do cpu0[i]=$(cpu_ticks "${pids[i]}"); done ;;
+            for i in "${!pids[@]}"; do cpu0[i]=$(cpu_split "${pids[i]}"); done ;;
         "trellis-bench: schedule done")
-            for i in "${!pids[@]}"; do cpu1[i]=$(cpu_ticks "${pids[i]}"); load[i]=$(rss_kib "${pids[i]}"); done ;;
+            for i in "${!pids[@]}"; do cpu1[i]=$(cpu_split "${pids[i]}"); load[i]=$(rss_kib "${pids[i]}"); done ;;
         *) echo "$line" >>"$TMP/$label.err" ;;
         esac
     done
@@ -171,17 +195,21 @@ measure() {
         cat "$TMP/$label.err" >&2 2>/dev/null || true
         die "$label: trellis-bench failed (exit $status)"
     fi
+    local u0 s0 u1 s1
     for i in "${!pids[@]}"; do
         kill -0 "${pids[i]}" 2>/dev/null || die "$label: ${names[i]} died during the load"
-        echo "${names[i]} ${idle[i]} ${load[i]} $((cpu1[i] - cpu0[i]))"
+        read -r u0 s0 <<<"${cpu0[i]}"
+        read -r u1 s1 <<<"${cpu1[i]}"
+        echo "${names[i]} ${idle[i]} ${load[i]} $((u1 + s1 - u0 - s0)) $((u1 - u0)) $((s1 - s0))"
     done >"$TMP/$label.procs"
     say "$label: ok $(jget "$TMP/$label.json" ok), errors $(jget "$TMP/$label.json" errors), p50 $(jget "$TMP/$label.json" latency_ms.p50) ms, p99 $(jget "$TMP/$label.json" latency_ms.p99) ms"
 }
 
 # proxy_pair LABEL MESHED: starts a server proxy (inbound → backend) and a client proxy
-# (explicit listener → server proxy); sets CLIENT_PID SERVER_PID CLIENT_URL CLIENT_ADMIN
+# (explicit listener → server proxy, through TRELLIS_ROUTES), each `trellis-proxy --workers
+# WORKERS` from a static file; sets CLIENT_PID SERVER_PID CLIENT_URL CLIENT_ADMIN
 # SERVER_ADMIN. PAIR_SERVER_EXTRA and PAIR_CLIENT_EXTRA are added to the `kind: Proxy`
-# documents (e.g. `accessLog: …`).
+# documents (e.g. `accessLog: …`), PAIR_CLIENT_SERVICES to the client's file (more services).
 proxy_pair() {
     local label=$1 meshed=$2
     local inbound admin_s listen admin_c
@@ -204,19 +232,21 @@ ${PAIR_CLIENT_EXTRA:-}
 ---
 kind: Service
 name: web
+$TRELLIS_ROUTES
 ---
 kind: Endpoints
 service: web
 endpoints: [{address: '127.0.0.1:$inbound', meshed: $meshed}]
 EOF
+    [[ -z ${PAIR_CLIENT_SERVICES:-} ]] || cat "$PAIR_CLIENT_SERVICES" >>"$TMP/$label-client.yaml"
     local side
     for side in server client; do
         "$BIN/trellis" validate -f "$TMP/$label-$side.yaml" >"$TMP/validate.log" 2>&1 ||
             { cat "$TMP/validate.log" >&2; die "the generated $side proxy configuration is invalid"; }
     done
-    start "$label-server" "$BIN/trellis" proxy -c "$TMP/$label-server.yaml"
+    start "$label-server" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-server.yaml"
     SERVER_PID=$STARTED_PID
-    start "$label-client" "$BIN/trellis" proxy -c "$TMP/$label-client.yaml"
+    start "$label-client" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-client.yaml"
     CLIENT_PID=$STARTED_PID
     wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
     wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
@@ -226,16 +256,92 @@ EOF
     check_body "$CLIENT_URL"
 }
 
-
-# envoy_pair LABEL: the same two hops through Envoy (client listener → HTTP/2 → server
-# listener → backend over HTTP/1.1), each Envoy with WORKERS worker threads; sets CLIENT_PID,
-# SERVER_PID, CLIENT_URL. Needs ENVOY (the binary).
-envoy_pair() {
+# mtls_pair LABEL: like proxy_pair, but both proxies join a control plane (started here, `trellis
+# control`) with single-use join tokens, get SPIFFE certificates from its CA, and talk mutual
+# TLS 1.3 (HTTP/2 inside) under a strict Policy; the routes come from the control plane. Sets
+# the same variables plus CONTROL_PID, CLIENT_STATE and SERVER_INBOUND.
+mtls_pair() {
     local label=$1
+    local api push inbound admin_s listen admin_c
+    api=$(free_port) push=$(free_port) inbound=$(free_port) admin_s=$(free_port) listen=$(free_port) admin_c=$(free_port)
+    rm -rf "$TMP/$label-control" "$TMP/$label-server-state" "$TMP/$label-client-state" # from an earlier phase
+    start "$label-control" "$BIN/trellis" control --data-dir "$TMP/$label-control" --listen "127.0.0.1:$api" --push-listen "127.0.0.1:$push"
+    CONTROL_PID=$STARTED_PID
+    wait_ok "http://127.0.0.1:$api/healthz" "$label-control" "$CONTROL_PID"
+    local cli=("$BIN/trellis" --server "http://127.0.0.1:$api" --token-file "$TMP/$label-control/admin.token")
+    local who
+    for who in server client; do
+        "${cli[@]}" token create "$who" --role join --namespace bench --service-account "$who" --ttl 10m --single-use \
+            >"$TMP/$label-$who.token" 2>>"$TMP/cli.log" || { cat "$TMP/cli.log" >&2; die "cannot create a join token"; }
+    done
+    cat >"$TMP/$label-mesh.yaml" <<EOF
+kind: Service
+name: web
+namespace: bench
+ports: [{port: 80, protocol: http}]
+$TRELLIS_ROUTES
+---
+kind: Policy
+name: strict
+namespace: bench
+mtls: strict
+EOF
+    "${cli[@]}" apply -f "$TMP/$label-mesh.yaml" >>"$TMP/cli.log" 2>&1 || { cat "$TMP/cli.log" >&2; die "cannot apply the benchmark's service"; }
+    # More services for the client: applied to the namespace, and the client calls them all.
+    local calls="calls: [web]"
+    if [[ -n ${PAIR_CLIENT_SERVICES:-} ]]; then
+        sed 's/^kind: \(Service\|Endpoints\)$/&\nnamespace: bench/' "$PAIR_CLIENT_SERVICES" >"$TMP/$label-more.yaml"
+        "${cli[@]}" apply -f "$TMP/$label-more.yaml" >>"$TMP/cli.log" 2>&1 || { cat "$TMP/cli.log" >&2; die "cannot apply the extra services"; }
+        calls=""
+    fi
+    cat >"$TMP/$label-server.yaml" <<EOF
+kind: Proxy
+name: $label-server
+admin: '127.0.0.1:$admin_s'
+drainTimeout: 1s
+inbound: {listen: '127.0.0.1:$inbound', forward: '127.0.0.1:$BACKEND_PORT'}
+control: {url: 'http://127.0.0.1:$push', stateDir: '$TMP/$label-server-state', joinTokenFile: '$TMP/$label-server.token'}
+workload: {service: web, namespace: bench, serviceAccount: server, address: '127.0.0.1:$inbound'}
+EOF
+    CLIENT_STATE=$TMP/$label-client-state
+    cat >"$TMP/$label-client.yaml" <<EOF
+kind: Proxy
+name: $label-client
+admin: '127.0.0.1:$admin_c'
+drainTimeout: 1s
+explicit: [{listen: '127.0.0.1:$listen', service: web.bench}]
+control: {url: 'http://127.0.0.1:$push', stateDir: '$CLIENT_STATE', joinTokenFile: '$TMP/$label-client.token'}
+workload: {service: client, namespace: bench, serviceAccount: client, address: '127.0.0.1:$(free_port)'${calls:+, $calls}}
+EOF
+    start "$label-server" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-server.yaml"
+    SERVER_PID=$STARTED_PID
+    # CLIENT_WRAPPER: a command the client proxy runs under (the profile's valgrind).
+    start "$label-client" ${CLIENT_WRAPPER:-} "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-client.yaml"
+    CLIENT_PID=$STARTED_PID
+    wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
+    wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
+    CLIENT_URL="http://127.0.0.1:$listen$REQUEST_PATH"
+    SERVER_ADMIN="127.0.0.1:$admin_s"
+    CLIENT_ADMIN="127.0.0.1:$admin_c"
+    SERVER_INBOUND="127.0.0.1:$inbound"
+    # The server's endpoint reaches the client proxy by push: wait for the first 200.
+    wait_ok "$CLIENT_URL" "$label-client" "$CLIENT_PID"
+    check_body "$CLIENT_URL"
+}
+
+# envoy_pair LABEL [mtls]: the same two hops through Envoy (client listener → HTTP/2 →
+# server listener → backend over HTTP/1.1), each Envoy with WORKERS worker threads; with
+# `mtls`, the hop between them is mutual TLS 1.3 with certificates from envoy_certificates.
+# Sets CLIENT_PID, SERVER_PID, CLIENT_URL, CLIENT_ADMIN, SERVER_ADMIN. Needs ENVOY (the
+# binary). ENVOY_CLIENT_CLUSTERS and ENVOY_CLIENT_VHOSTS add clusters and virtual hosts to
+# the client's configuration (YAML text at their indentation).
+envoy_pair() {
+    local label=$1 tls=${2:-}
     local server_port client_port admin_s admin_c
     server_port=$(free_port) client_port=$(free_port) admin_s=$(free_port) admin_c=$(free_port)
-    envoy_config "$TMP/$label-server-envoy.yaml" "$admin_s" "$server_port" "$BACKEND_PORT" http1
-    envoy_config "$TMP/$label-client-envoy.yaml" "$admin_c" "$client_port" "$server_port" http2
+    [[ -z $tls ]] || envoy_certificates
+    envoy_config "$TMP/$label-server-envoy.yaml" server "$admin_s" "$server_port" "$BACKEND_PORT" "$tls"
+    envoy_config "$TMP/$label-client-envoy.yaml" client "$admin_c" "$client_port" "$server_port" "$tls"
     ENVOY_BASE_ID=$((${ENVOY_BASE_ID:-100} + 2))
     start "$label-server" "$ENVOY" -c "$TMP/$label-server-envoy.yaml" --concurrency "$WORKERS" --base-id "$ENVOY_BASE_ID" --log-level warn
     SERVER_PID=$STARTED_PID
@@ -244,19 +350,82 @@ envoy_pair() {
     wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
     wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
     CLIENT_URL="http://127.0.0.1:$client_port$REQUEST_PATH"
+    CLIENT_ADMIN="127.0.0.1:$admin_c"
+    SERVER_ADMIN="127.0.0.1:$admin_s"
     check_body "$CLIENT_URL"
 }
 
-# envoy_config FILE ADMIN LISTEN UPSTREAM http1|http2: one listener routing everything to one
-# upstream, like a Trellis route with a single endpoint.
+# envoy_certificates: once per run, an ECDSA P-256 CA and a client and a server certificate
+# with SPIFFE URI SANs (what Trellis's CA issues), in $TMP/envoy-pki.
+envoy_certificates() {
+    local dir=$TMP/envoy-pki who
+    [[ -f $dir/ca.pem ]] && return
+    need openssl "apt-get install openssl"
+    mkdir -p "$dir"
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /O=bench-ca \
+        -keyout "$dir/ca.key" -out "$dir/ca.pem" -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign,cRLSign 2>"$dir/openssl.log" || { cat "$dir/openssl.log" >&2; die "openssl could not make the CA"; }
+    for who in server client; do
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/O=bench" \
+            -keyout "$dir/$who.key" -out "$dir/$who.csr" 2>>"$dir/openssl.log" || { cat "$dir/openssl.log" >&2; die "openssl could not make a key"; }
+        printf 'subjectAltName=URI:spiffe://bench.local/ns/bench/sa/%s\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n' "$who" >"$dir/$who.ext"
+        openssl x509 -req -in "$dir/$who.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
+            -extfile "$dir/$who.ext" -out "$dir/$who.pem" 2>>"$dir/openssl.log" || { cat "$dir/openssl.log" >&2; die "openssl could not sign a certificate"; }
+    done
+}
+
+# envoy_config FILE client|server ADMIN LISTEN UPSTREAM [mtls]: one listener and one upstream
+# cluster. The client side evaluates the same routes as TRELLIS_ROUTES and speaks HTTP/2 to
+# the server side; the server side forwards everything to the backend over HTTP/1.1. With
+# `mtls` the hop between them is mutual TLS 1.3, each side checking the other's SPIFFE ID.
 envoy_config() {
-    local file=$1 admin=$2 listen=$3 upstream=$4 protocol=$5 options=""
-    if [[ $protocol == http2 ]]; then
-        options='
+    local file=$1 side=$2 admin=$3 listen=$4 upstream=$5 tls=${6:-}
+    local pki=$TMP/envoy-pki listener_tls="" cluster_options="" routes extra_vhosts="" extra_clusters=""
+    if [[ $side == client ]]; then
+        extra_vhosts=${ENVOY_CLIENT_VHOSTS:-} extra_clusters=${ENVOY_CLIENT_CLUSTERS:-}
+        routes='
+              - match: {prefix: "/", headers: [{name: x-debug, string_match: {exact: "1"}}]}
+                route: {cluster: up, timeout: 1s}
+              - match: {prefix: "/bytes/", headers: [{name: ":method", string_match: {exact: GET}}]}
+                route: {cluster: up, timeout: 10s, retry_policy: {retry_on: "connect-failure,reset", num_retries: 1}}'
+        cluster_options='
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {http2_protocol_options: {}}'
+        if [[ -n $tls ]]; then
+            cluster_options+="
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}
+          alpn_protocols: [h2]
+          tls_certificates: [{certificate_chain: {filename: $pki/client.pem}, private_key: {filename: $pki/client.key}}]
+          validation_context:
+            trusted_ca: {filename: $pki/ca.pem}
+            match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: spiffe://bench.local/ns/bench/sa/server}}]"
+        fi
+    else
+        routes='
+              - match: {prefix: "/"}
+                route: {cluster: up, timeout: 10s}'
+        if [[ -n $tls ]]; then
+            listener_tls="
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}
+            alpn_protocols: [h2]
+            tls_certificates: [{certificate_chain: {filename: $pki/server.pem}, private_key: {filename: $pki/server.key}}]
+            validation_context:
+              trusted_ca: {filename: $pki/ca.pem}
+              match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: spiffe://bench.local/ns/bench/sa/client}}]"
+        fi
     fi
     cat >"$file" <<EOF
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin}}}
@@ -275,17 +444,19 @@ static_resources:
             virtual_hosts:
             - name: all
               domains: ["*"]
-              routes: [{match: {prefix: "/"}, route: {cluster: up, timeout: 10s}}]
+              routes:$routes
+$extra_vhosts
           http_filters:
           - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}$listener_tls
   clusters:
   - name: up
     type: STATIC
     connect_timeout: 1s
     load_assignment:
       cluster_name: up
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $upstream}}}}]}]$options
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $upstream}}}}]}]$cluster_options
+$extra_clusters
 EOF
 }
 
@@ -295,7 +466,8 @@ haproxy_pair() {
     local label=$1 server_port client_port
     server_port=$(free_port) client_port=$(free_port)
     haproxy_config "$TMP/$label-server-haproxy.cfg" "$server_port" "$BACKEND_PORT"
-    haproxy_config "$TMP/$label-client-haproxy.cfg" "$client_port" "$server_port"
+    haproxy_config "$TMP/$label-client-haproxy.cfg" "$client_port" "$server_port" "${HAPROXY_CLIENT_RULES:-}"
+    [[ -z ${HAPROXY_CLIENT_BACKENDS:-} ]] || cat "$HAPROXY_CLIENT_BACKENDS" >>"$TMP/$label-client-haproxy.cfg"
     start "$label-server" haproxy -db -f "$TMP/$label-server-haproxy.cfg"
     SERVER_PID=$STARTED_PID
     start "$label-client" haproxy -db -f "$TMP/$label-client-haproxy.cfg"
@@ -305,7 +477,7 @@ haproxy_pair() {
     check_body "$CLIENT_URL"
 }
 
-haproxy_config() {
+haproxy_config() { # FILE LISTEN UPSTREAM [RULES_FILE: lines for the frontend]
     cat >"$1" <<EOF
 global
   nbthread $WORKERS
@@ -318,8 +490,44 @@ defaults
   option http-keep-alive
 frontend in
   bind 127.0.0.1:$2
+$([[ -n ${4:-} ]] && cat "$4")
   default_backend up
 backend up
   server s1 127.0.0.1:$3
 EOF
 }
+
+# scale_configs SERVICES ENDPOINTS: the same large mesh for each proxy's client side, on top
+# of the benchmark's own service: SERVICES services `svc-N`, each with ENDPOINTS endpoints
+# (10.x.y.z:8080, never connected) and one route. Writes $TMP/scale-trellis.yaml (Service and
+# Endpoints documents), $TMP/scale-envoy-clusters.yaml and $TMP/scale-envoy-vhosts.yaml (one
+# cluster and one virtual host per service, as Istio configures a sidecar) and
+# $TMP/scale-haproxy-rules.cfg and $TMP/scale-haproxy.cfg (a backend per service, chosen by
+# Host).
+scale_configs() {
+    awk -v services="$1" -v endpoints="$2" -v dir="$TMP" 'BEGIN {
+        t = dir "/scale-trellis.yaml"; c = dir "/scale-envoy-clusters.yaml"; v = dir "/scale-envoy-vhosts.yaml"; h = dir "/scale-haproxy.cfg"
+        printf "" > t; printf "" > c; printf "" > v
+        r = dir "/scale-haproxy-rules.cfg"
+        printf "" > r; printf "" > h
+        for (s = 0; s < services; s++) {
+            name = "svc-" s
+            printf "---\nkind: Service\nname: %s\nports: [{port: 8080, protocol: http}]\nroutes: [{name: api, match: {path: {prefix: /api/}}, timeout: 5s}]\n---\nkind: Endpoints\nservice: %s\nendpoints: [", name, name > t
+            printf "  - name: %s\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: %s\n      endpoints: [{lb_endpoints: [", name, name > c
+            printf "            - name: %s\n              domains: [\"%s\", \"%s:8080\"]\n              routes: [{match: {prefix: \"/api/\"}, route: {cluster: %s, timeout: 5s}}]\n", name, name, name, name > v
+            printf "  use_backend %s if { hdr(host) -m str %s }\n", name, name > r
+            for (e = 0; e < endpoints; e++) {
+                addr = sprintf("10.%d.%d.%d", int(s / 256), s % 256, e + 1)
+                printf "%s{address: \x27%s:8080\x27}", (e ? ", " : ""), addr > t
+                printf "%s{endpoint: {address: {socket_address: {address: %s, port_value: 8080}}}}", (e ? ", " : ""), addr > c
+            }
+            print "]" > t
+            print "]}]" > c
+        }
+        for (s = 0; s < services; s++) {
+            printf "backend svc-%d\n", s > h
+            for (e = 0; e < endpoints; e++) printf "  server e%d 10.%d.%d.%d:8080\n", e, int(s / 256), s % 256, e + 1 > h
+        }
+    }'
+}
+

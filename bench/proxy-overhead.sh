@@ -63,67 +63,6 @@ bench_prerequisites
 release_binaries
 
 
-# mtls_pair LABEL: like proxy_pair, but both proxies join a control plane (started here) with
-# join tokens and talk mutual TLS; sets the same variables plus CONTROL_PID, CLIENT_STATE and
-# SERVER_INBOUND.
-mtls_pair() {
-    local label=$1
-    local api push inbound admin_s listen admin_c
-    api=$(free_port) push=$(free_port) inbound=$(free_port) admin_s=$(free_port) listen=$(free_port) admin_c=$(free_port)
-    start control "$BIN/trellis" control --data-dir "$TMP/control" --listen "127.0.0.1:$api" --push-listen "127.0.0.1:$push"
-    CONTROL_PID=$STARTED_PID
-    wait_ok "http://127.0.0.1:$api/healthz" control "$CONTROL_PID"
-    local cli=("$BIN/trellis" --server "http://127.0.0.1:$api" --token-file "$TMP/control/admin.token")
-    local who
-    for who in server client; do
-        "${cli[@]}" token create "$who" --role join --namespace bench --service-account "$who" --ttl 10m --single-use             >"$TMP/$who.token" 2>>"$TMP/cli.log" || { cat "$TMP/cli.log" >&2; die "cannot create a join token"; }
-    done
-    cat >"$TMP/mtls.yaml" <<EOF
-kind: Service
-name: web
-namespace: bench
-ports: [{port: 80, protocol: http}]
----
-kind: Policy
-name: strict
-namespace: bench
-mtls: strict
-EOF
-    "${cli[@]}" apply -f "$TMP/mtls.yaml" >>"$TMP/cli.log" 2>&1 || { cat "$TMP/cli.log" >&2; die "cannot apply the benchmark's service"; }
-    cat >"$TMP/$label-server.yaml" <<EOF
-kind: Proxy
-name: $label-server
-admin: '127.0.0.1:$admin_s'
-drainTimeout: 1s
-inbound: {listen: '127.0.0.1:$inbound', forward: '127.0.0.1:$BACKEND_PORT'}
-control: {url: 'http://127.0.0.1:$push', stateDir: '$TMP/$label-server-state', joinTokenFile: '$TMP/server.token'}
-workload: {service: web, namespace: bench, serviceAccount: server, address: '127.0.0.1:$inbound'}
-EOF
-    CLIENT_STATE=$TMP/$label-client-state
-    cat >"$TMP/$label-client.yaml" <<EOF
-kind: Proxy
-name: $label-client
-admin: '127.0.0.1:$admin_c'
-drainTimeout: 1s
-explicit: [{listen: '127.0.0.1:$listen', service: web.bench}]
-control: {url: 'http://127.0.0.1:$push', stateDir: '$CLIENT_STATE', joinTokenFile: '$TMP/client.token'}
-workload: {service: client, namespace: bench, serviceAccount: client, address: '127.0.0.1:$(free_port)', calls: [web]}
-EOF
-    start "$label-server" "$BIN/trellis" proxy -c "$TMP/$label-server.yaml"
-    SERVER_PID=$STARTED_PID
-    start "$label-client" "$BIN/trellis" proxy -c "$TMP/$label-client.yaml"
-    CLIENT_PID=$STARTED_PID
-    wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
-    wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
-    CLIENT_URL="http://127.0.0.1:$listen$REQUEST_PATH"
-    SERVER_ADMIN="127.0.0.1:$admin_s"
-    CLIENT_ADMIN="127.0.0.1:$admin_c"
-    SERVER_INBOUND="127.0.0.1:$inbound"
-    # The server's endpoint reaches the client proxy by push: wait for the first 200.
-    wait_ok "$CLIENT_URL" "$label-client" "$CLIENT_PID"
-    check_body "$CLIENT_URL"
-}
-
 # security ADMIN: inbound connections by transport security (e.g. "mtls=17").
 security() {
     curl -s -m 5 "http://$1/metrics" |
@@ -248,7 +187,7 @@ if [[ $COMMIT != unknown ]] && [[ -n $(cd "$ROOT" && git status --porcelain 2>/d
     for l in "${PATHS[@]}"; do
         requests=$(jget "$TMP/$l.json" intended)
         seconds=$(jget "$TMP/$l.json" duration_s)
-        while read -r name rss0 rss1 ticks; do
+        while read -r name rss0 rss1 ticks _; do
             case $name in client) what="client-side proxy" ;; server) what="server-side proxy" ;; *) what="backend (for scale)" ;; esac
             awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$requests" -v s="$seconds" -v r0="$rss0" -v r1="$rss1" \
                 -v path="${TITLE[$l]}" -v what="$what" 'BEGIN {

@@ -30,9 +30,11 @@ struct Cli {
     /// The URL to request (http:// only).
     #[arg(long)]
     url: String,
-    /// Requests per second.
-    #[arg(long, default_value_t = 1000.0)]
-    rate: f64,
+    /// Requests per second, or `max`: closed loop, each connection sends its next request as
+    /// soon as the last one is answered (HTTP/2: one in flight per connection). `max`
+    /// measures throughput; its latency is not corrected for coordinated omission.
+    #[arg(long, value_parser = parse_rate, default_value = "1000")]
+    rate: Rate,
     /// Length of the measured window, e.g. `30s`, `500ms`, `2m`.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     duration: Duration,
@@ -63,6 +65,22 @@ struct Cli {
     timeout: Duration,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rate {
+    PerSecond(f64),
+    Max,
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s == "max" {
+        return Ok(Rate::Max);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(Rate::PerSecond(r)),
+        _ => Err(format!("{s:?} is not a rate: use a positive number of requests per second, or max")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -105,9 +123,6 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if !(cli.rate.is_finite() && cli.rate > 0.0) {
-        anyhow::bail!("--rate must be a positive number");
-    }
     if cli.duration.is_zero() {
         anyhow::bail!("--duration must be more than zero");
     }
@@ -116,7 +131,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let opts = run::RunOptions {
         url: cli.url,
-        rate: cli.rate,
+        rate: match cli.rate {
+            Rate::PerSecond(r) => r,
+            // The schedule's warm-up and window arithmetic still wants a rate.
+            Rate::Max => 1.0,
+        },
+        closed_loop: matches!(cli.rate, Rate::Max),
         duration: cli.duration,
         warmup: cli.warmup,
         connections: cli.connections,

@@ -8,6 +8,11 @@
 //! and that wait is part of its latency. Idle connections are taken in turn, so all of them
 //! carry traffic. HTTP/2: requests are spread round-robin over the connections, any number
 //! at once.
+//!
+//! Closed loop (`RunOptions::closed_loop`, `--rate max`) has no timetable: every free
+//! connection (HTTP/2: every connection below one request in flight) gets its next request at
+//! once, so the run measures the most the target can answer. Latency then runs from when each
+//! request is sent; it is not corrected and only the throughput is the measurement.
 
 use crate::client::{self, Conn, Target};
 use crate::schedule::{self, LagTracker, Schedule, Tick};
@@ -24,6 +29,8 @@ use std::time::{Duration, Instant};
 pub struct RunOptions {
     pub url: String,
     pub rate: f64,
+    /// As fast as the connections allow (`rate` is ignored).
+    pub closed_loop: bool,
     pub duration: Duration,
     pub warmup: Duration,
     pub connections: usize,
@@ -62,6 +69,8 @@ struct Driver {
     /// them carries traffic. HTTP/2: all open connections.
     conns: VecDeque<Conn>,
     next_h2: usize,
+    /// Closed loop: how many requests may be in flight (one per connection).
+    connections: usize,
     queue: VecDeque<Tick>,
     tasks: FuturesUnordered<Task>,
     in_flight: usize,
@@ -103,7 +112,13 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         duration: opts.duration,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let ticker = schedule::spawn_ticker(schedule, tx)?;
+    let ticker = if opts.closed_loop {
+        drop(tx);
+        schedule::spawn_phase_markers(schedule)?
+    } else {
+        schedule::spawn_ticker(schedule, tx)?
+    };
+    let closed_loop_end = tokio::time::Instant::from_std(schedule.end());
 
     let mut d = Driver {
         target,
@@ -111,6 +126,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         timeout: opts.timeout,
         conns,
         next_h2: 0,
+        connections: opts.connections,
         queue: VecDeque::new(),
         tasks: FuturesUnordered::new(),
         in_flight: 0,
@@ -128,11 +144,15 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
     let mut ticks_done = false;
     let mut deadline = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
     loop {
+        if opts.closed_loop && !ticks_done {
+            d.fill_closed_loop();
+            d.dispatch();
+        }
         tokio::select! {
             biased;
-            tick = rx.recv(), if !ticks_done => match tick {
+            tick = rx.recv(), if !ticks_done && !opts.closed_loop => match tick {
                 Some(tick) => {
-                    if d.schedule.is_measured(tick.index) {
+                    if tick.measured {
                         d.lag.record(Instant::now().saturating_duration_since(tick.intended));
                         d.rec.intended += 1;
                     }
@@ -145,11 +165,15 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
                     deadline = tokio::time::Instant::now() + d.timeout + Duration::from_secs(1);
                 }
             },
+            _ = tokio::time::sleep_until(closed_loop_end), if opts.closed_loop && !ticks_done => {
+                ticks_done = true;
+                deadline = tokio::time::Instant::now() + d.timeout + Duration::from_secs(1);
+            }
             Some(event) = d.tasks.next(), if !d.tasks.is_empty() => d.handle(event, ticks_done),
             _ = tokio::time::sleep_until(deadline), if ticks_done => break,
         }
         d.dispatch();
-        if d.queue.back().is_some_and(|t| d.schedule.is_measured(t.index)) {
+        if d.queue.back().is_some_and(|t| t.measured) {
             d.max_queued = d.max_queued.max(d.queue.len());
         }
         if ticks_done && d.queue.is_empty() && d.in_flight == 0 {
@@ -157,7 +181,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         }
     }
     // Past the deadline: what never finished is a timeout.
-    let unfinished = d.measured_in_flight + d.queue.iter().filter(|t| d.schedule.is_measured(t.index)).count() as u64;
+    let unfinished = d.measured_in_flight + d.queue.iter().filter(|t| t.measured).count() as u64;
     d.rec.timeouts += unfinished;
     let _ = ticker.join();
 
@@ -172,7 +196,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<Report> {
         url: opts.url.clone(),
         method: d.target.method(),
         protocol: if opts.http2 { "HTTP/2" } else { "HTTP/1.1" },
-        target_rate: opts.rate,
+        target_rate: if opts.closed_loop { None } else { Some(opts.rate) },
         duration_s: opts.duration.as_secs_f64(),
         warmup_s: opts.warmup.as_secs_f64(),
         connections: opts.connections,
@@ -205,7 +229,7 @@ impl Driver {
         match event {
             Event::Request { tick, sent, done, outcome, body_bytes, conn } => {
                 self.in_flight -= 1;
-                if self.schedule.is_measured(tick.index) {
+                if tick.measured {
                     self.measured_in_flight -= 1;
                     self.rec.record(outcome, tick.intended, Some(sent), done, body_bytes);
                 }
@@ -268,13 +292,26 @@ impl Driver {
         }
     }
 
+    /// Closed loop: one request for every connection that has none in flight, due now.
+    fn fill_closed_loop(&mut self) {
+        let free = if self.target.http2 { self.connections.saturating_sub(self.in_flight) } else { self.conns.len() };
+        let now = Instant::now();
+        let measured = now >= self.schedule.measure_start() && now < self.schedule.end();
+        for _ in self.queue.len()..free {
+            if measured {
+                self.rec.intended += 1;
+            }
+            self.queue.push_back(Tick { intended: now, measured });
+        }
+    }
+
     /// Starts as many queued requests as there are free connections.
     fn dispatch(&mut self) {
         while !self.queue.is_empty() {
             let Some(mut conn) = self.take_conn() else { return };
             let Some(tick) = self.queue.pop_front() else { return };
             self.in_flight += 1;
-            if self.schedule.is_measured(tick.index) {
+            if tick.measured {
                 self.rec.sent += 1;
                 self.measured_in_flight += 1;
             }

@@ -19,11 +19,12 @@ pub struct Schedule {
     pub duration: Duration,
 }
 
-/// One request released by the ticker.
+/// One request released by the ticker (or, in closed loop, by a free connection).
 #[derive(Clone, Copy, Debug)]
 pub struct Tick {
-    pub index: u64,
     pub intended: Instant,
+    /// Inside the measured window (not warm-up).
+    pub measured: bool,
 }
 
 impl Schedule {
@@ -58,6 +59,7 @@ impl Schedule {
         self.total() - self.first_measured()
     }
 
+    #[cfg(test)]
     pub fn is_measured(&self, index: u64) -> bool {
         index >= self.first_measured()
     }
@@ -90,10 +92,21 @@ pub fn spawn_ticker(schedule: Schedule, tx: UnboundedSender<Tick>) -> std::io::R
             if index == first_measured {
                 eprintln!("trellis-bench: measuring");
             }
-            if tx.send(Tick { index, intended }).is_err() {
+            if tx.send(Tick { intended, measured: index >= first_measured }).is_err() {
                 return;
             }
         }
+        sleep_until(schedule.end());
+        eprintln!("trellis-bench: schedule done");
+    })
+}
+
+/// Closed loop has no timetable, only phases: writes the same `measuring` and `schedule done`
+/// lines as the ticker at the start and end of the measured window.
+pub fn spawn_phase_markers(schedule: Schedule) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("trellis-bench-phases".into()).spawn(move || {
+        sleep_until(schedule.measure_start());
+        eprintln!("trellis-bench: measuring");
         sleep_until(schedule.end());
         eprintln!("trellis-bench: schedule done");
     })

@@ -148,7 +148,8 @@ pub struct Report {
     pub url: String,
     pub method: &'static str,
     pub protocol: &'static str,
-    pub target_rate: f64,
+    /// The open-loop rate; `None` in closed loop (`--rate max`).
+    pub target_rate: Option<f64>,
     pub duration_s: f64,
     pub warmup_s: f64,
     pub connections: usize,
@@ -203,10 +204,10 @@ impl Report {
             )
         };
         let mut s = format!(
-            "{} {} at {} req/s for {}s (warm-up {}s excluded), {} {} connection(s), {} thread(s)\n",
+            "{} {} at {} for {}s (warm-up {}s excluded), {} {} connection(s), {} thread(s)\n",
             self.method,
             self.url,
-            self.target_rate,
+            self.target_rate.map_or("the most the connections allow (closed loop)".to_string(), |r| format!("{r} req/s")),
             self.duration_s,
             self.warmup_s,
             self.connections,

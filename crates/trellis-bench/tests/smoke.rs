@@ -49,3 +49,27 @@ fn grpc_answers_without_an_ok_status_are_not_successes() {
     assert_eq!(report["ok"], 0, "{report:#}");
     assert_eq!(report["non_2xx"], 200, "{report:#}");
 }
+
+#[test]
+fn closed_loop_counts_every_answer_of_its_window() {
+    let (_http, http_addr) = spawn_backend(&["http"]);
+    for extra in [&[][..], &["--http2"][..]] {
+        let out = Command::new(cargo_bin("trellis-bench"))
+            .args(["--url", &format!("http://{http_addr}/bytes/64"), "--rate", "max", "--duration", "1s"])
+            .args(["--warmup", "200ms", "--connections", "4", "--output", "json"])
+            .args(extra)
+            .output()
+            .expect("run trellis-bench");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report["target_rate"].is_null(), "{report:#}");
+        assert_eq!(report["errors"], 0, "{extra:?}: {report:#}");
+        let ok = report["ok"].as_u64().unwrap();
+        assert!(ok > 0, "{report:#}");
+        assert_eq!(report["intended"].as_u64(), Some(ok), "{report:#}");
+        assert!(report["achieved_rate"].as_f64().unwrap() > 0.0, "{report:#}");
+    }
+    let out = Command::new(cargo_bin("trellis-bench")).args(["--url", "http://127.0.0.1:1/", "--rate", "fast"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use a positive number of requests per second, or max"));
+}

@@ -40,6 +40,9 @@ enum Command {
         /// The configuration file (YAML or JSON, several documents).
         #[arg(long, short = 'c')]
         config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
     },
     /// Install or remove the iptables rules that route a workload's traffic through its
     /// proxy. Run it inside the workload's network namespace, as root.
@@ -405,7 +408,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             runtime()?.block_on(resources::create_token(&conn, request))
         }
-        Command::Proxy { config } => runtime()?.block_on(run_proxy(config)),
+        Command::Proxy { config, workers } => trellis_proxy::run::runtime(workers.map(usize::from))?
+            .block_on(trellis_proxy::run::serve_until_signalled(config)),
         Command::Stat(args) => runtime()?.block_on(observe::stat(&conn, args)),
         Command::Top { namespace, window, interval, output } => runtime()?.block_on(observe::top(
             &conn,
@@ -568,27 +572,3 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_proxy(config: PathBuf) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let proxy = trellis_proxy::Proxy::start(config).await?;
-    let version = proxy.shared().config().version.clone();
-    tracing::info!(%version, "proxy ready");
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => { let _ = proxy.shared().reload(); }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
-    }
-    tracing::info!("draining");
-    let left = proxy.drain().await;
-    if left > 0 {
-        tracing::warn!(connections = left, "drain deadline reached; closing the rest");
-    } else {
-        tracing::info!("drained");
-    }
-    Ok(())
-}

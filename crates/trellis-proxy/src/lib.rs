@@ -27,6 +27,7 @@ pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod routing;
+pub mod run;
 pub mod tcp;
 pub mod telemetry;
 pub mod upstream;

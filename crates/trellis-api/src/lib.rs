@@ -60,6 +60,25 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// Gives back the spare capacity deserialization leaves in lists (a list grows by
+    /// doubling, so a route list of one holds room for four). A proxy keeps its documents for
+    /// its whole life, and with thousands of services that spare room adds up to megabytes.
+    pub fn shrink_to_fit(&mut self) {
+        match self {
+            Resource::Service(s) => {
+                s.addresses.shrink_to_fit();
+                s.hosts.shrink_to_fit();
+                s.ports.shrink_to_fit();
+                s.routes.shrink_to_fit();
+                for route in &mut s.routes {
+                    route.to.shrink_to_fit();
+                }
+            }
+            Resource::Endpoints(e) => e.endpoints.shrink_to_fit(),
+            Resource::Proxy(_) | Resource::Policy(_) | Resource::Tenant(_) | Resource::Telemetry(_) => {}
+        }
+    }
+
     /// `KIND/NAMESPACE/NAME`, how errors and the CLI refer to a document.
     pub fn key(&self) -> String {
         match self {

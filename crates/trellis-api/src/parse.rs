@@ -73,6 +73,8 @@ pub fn parse_documents_in(text: &str, file: &str, context: &[Resource]) -> Resul
         return Err(ConfigErrors(errors));
     }
     crate::validate::validate_located(&resources, file, &lines, context)?;
+    resources.iter_mut().for_each(Resource::shrink_to_fit);
+    resources.shrink_to_fit();
     Ok(resources)
 }
 

@@ -52,9 +52,9 @@ pub struct Runtime {
 
 /// A configuration ready to serve.
 pub struct RunningConfig {
-    /// Content hash of the documents: the version `/config` reports.
+    /// Content hash of the documents: the version `/config` reports. The documents
+    /// themselves are kept once, by [`crate::Shared`], not here.
     pub version: String,
-    pub documents: Vec<Resource>,
     pub settings: ProxySettings,
     pub services: HashMap<ServiceId, Arc<ServiceConfig>>,
     by_address: HashMap<SocketAddr, ServiceId>,
@@ -122,14 +122,14 @@ pub struct Target {
 
 impl RunningConfig {
     /// Compiles documents (already validated) into a running configuration.
-    pub fn compile(documents: Vec<Resource>, runtime: &Runtime) -> anyhow::Result<RunningConfig> {
-        let version = content_hash(&documents);
+    pub fn compile(documents: &[Resource], runtime: &Runtime) -> anyhow::Result<RunningConfig> {
+        let version = content_hash(documents);
         let mut settings = ProxySettings::default();
         let mut specs: BTreeMap<ServiceId, Service> = BTreeMap::new();
         let mut endpoint_lists: HashMap<ServiceId, Endpoints> = HashMap::new();
         let mut policies = Vec::new();
         let mut tenants = Vec::new();
-        for doc in &documents {
+        for doc in documents {
             match doc {
                 Resource::Proxy(p) => settings = p.clone(),
                 Resource::Policy(p) => policies.push(p),
@@ -211,7 +211,7 @@ impl RunningConfig {
             &runtime.decisions,
             &runtime.metrics,
         )?);
-        let telemetry = crate::telemetry::TelemetryConfig::compile(&documents, &settings);
+        let telemetry = crate::telemetry::TelemetryConfig::compile(documents, &settings);
         let inbound_label: Arc<str> = match (&settings.workload, &settings.name) {
             (Some(w), _) => Arc::from(service_id(&w.service, &w.namespace).as_str()),
             (None, Some(name)) => Arc::from(name.as_str()),
@@ -219,7 +219,6 @@ impl RunningConfig {
         };
         Ok(RunningConfig {
             version,
-            documents,
             settings,
             services,
             by_address,

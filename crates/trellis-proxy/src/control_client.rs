@@ -103,7 +103,10 @@ impl Pushed {
                 continue;
             }
             match parse_resource(name, stored) {
-                Ok(doc) => documents.push(doc),
+                Ok(mut doc) => {
+                    doc.shrink_to_fit();
+                    documents.push(doc);
+                }
                 Err(e) => errors.push(e),
             }
         }

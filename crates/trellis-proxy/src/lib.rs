@@ -128,7 +128,7 @@ impl Shared {
         *last_tried = Some(digest);
         let result = trellis_api::parse_documents(&text, &name).map_err(|e| e.to_string()).and_then(|docs| {
             let pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let compiled = RunningConfig::compile(combine(&docs, &pushed), &self.runtime).map_err(|e| e.to_string())?;
+            let compiled = RunningConfig::compile(&combine(&docs, &pushed), &self.runtime).map_err(|e| e.to_string())?;
             *self.file_documents.lock().unwrap_or_else(|e| e.into_inner()) = docs;
             Ok(compiled)
         });
@@ -143,6 +143,7 @@ impl Shared {
                 }
                 self.runtime.metrics.reload(true);
                 *self.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                release_freed_memory();
                 Ok(version)
             }
             Err(e) => {
@@ -152,6 +153,27 @@ impl Shared {
                 Err(e)
             }
         }
+    }
+}
+
+impl Shared {
+    /// The documents the running configuration was compiled from: the file's and the
+    /// pushed ones (each list is replaced only when its new version compiled).
+    pub fn documents(&self) -> Vec<trellis_api::Resource> {
+        let file = self.file_documents.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        combine(&file, &pushed)
+    }
+}
+
+/// Hands the memory that parsing and compiling a configuration used and freed back to the
+/// system. glibc's allocator keeps freed heap pages mapped; after a large configuration
+/// (thousands of services) that garbage would stay in the proxy's resident memory for good.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -168,7 +190,7 @@ impl Shared {
     pub fn install_pushed(&self, documents: Vec<trellis_api::Resource>) -> Result<String, String> {
         let _serialized = self.last_tried.lock().unwrap_or_else(|e| e.into_inner());
         let file = self.file_documents.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let compiled = RunningConfig::compile(combine(&file, &documents), &self.runtime).map_err(|e| e.to_string())?;
+        let compiled = RunningConfig::compile(&combine(&file, &documents), &self.runtime).map_err(|e| e.to_string())?;
         let version = compiled.version.clone();
         if version != self.config().version {
             self.config.store(Arc::new(compiled));
@@ -177,6 +199,7 @@ impl Shared {
             tracing::info!(%version, "pushed configuration applied");
         }
         *self.pushed.lock().unwrap_or_else(|e| e.into_inner()) = documents;
+        release_freed_memory();
         Ok(version)
     }
 }
@@ -230,7 +253,7 @@ impl Proxy {
             decisions: Default::default(),
             telemetry,
         };
-        let running = RunningConfig::compile(documents.clone(), &runtime)?;
+        let running = RunningConfig::compile(&documents, &runtime)?;
         metrics.config_version(&running.version);
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -253,6 +276,8 @@ impl Proxy {
             file_documents: Mutex::new(documents),
             pushed: Mutex::new(Vec::new()),
         });
+        drop(initial_text);
+        release_freed_memory();
 
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)

@@ -181,6 +181,11 @@ fn prepare(request: &mut Request<Body>, wire: Wire, upgrading: bool) -> Result<(
 
 /// Removes headers that describe one hop's connection (RFC 9110 §7.6.1); HTTP/2 forbids them.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of these: one pass over the names, rather than a hash and
+    // lookup per hop-by-hop name, settles it.
+    if !upgrading && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<header::HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -210,4 +215,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Names that `strip_hop_by_hop` may remove or rewrite. A header named by `Connection` is
+/// only hop-by-hop because of that header, which is in this list.
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }

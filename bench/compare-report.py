@@ -8,7 +8,8 @@ profile_rate profile_duration smoke.
 
 RESULTS_DIR holds, per system S and rate R (or `max` for the closed-loop run): S-R.json (the
 trellis-bench report) and S-R.procs (name rss_idle_kib rss_load_kib cpu_ticks user_ticks
-sys_ticks per line); S-scale.rss (client and server RSS in KiB with the large configuration);
+sys_ticks per line); S-idle.rss and S-scale.rss (client VmRSS, client RssAnon, server VmRSS, server RssAnon in KiB,
+idle after start-up and with the large configuration);
 and, when profiled, profile.json, profile.self and profile.inclusive (callgrind_annotate).
 """
 import json
@@ -63,13 +64,21 @@ def load(label):
 
 
 data = {(s, r): load(f"{s}-{r}") for s in systems for r in rates + ["max"]}
-scale = {}
-for s in proxied:
-    try:
-        client, server = open(os.path.join(results, f"{s}-scale.rss")).read().split()
-        scale[s] = (int(client) / 1024, int(server) / 1024)
-    except (OSError, ValueError):
-        pass
+def memory(name):
+    """{system: (client RSS, client anon, server RSS, server anon)} in MiB."""
+    found = {}
+    for s in proxied:
+        try:
+            values = [int(v) / 1024 for v in open(os.path.join(results, f"{s}-{name}.rss")).read().split()]
+        except (OSError, ValueError):
+            continue
+        if len(values) == 4:
+            found[s] = tuple(values)
+    return found
+
+
+scale = memory("scale")
+idle_memory = memory("idle")
 
 
 def q(report, key):
@@ -264,12 +273,21 @@ L += ["## Memory (RSS, MiB per proxy)", "",
       "|---|---|---|---|---|---|"]
 for s in proxied:
     idle = f"{fmt(rss(s, rates[0], 'client', 'idle_mib'), 1)}, {fmt(rss(s, rates[0], 'server', 'idle_mib'), 1)}"
+    if s in idle_memory:
+        idle = f"{idle_memory[s][0]:.1f}, {idle_memory[s][2]:.1f}"
     loaded = f"{fmt(rss(s, top, 'client', 'load_mib'), 1)}, {fmt(rss(s, top, 'server', 'load_mib'), 1)}"
     sat = f"{fmt(rss(s, 'max', 'client', 'load_mib'), 1)}, {fmt(rss(s, 'max', 'server', 'load_mib'), 1)}"
     big = scale.get(s, (None, None))[0]
     peer = ENVOY_PEER[s]
     L.append(f"| {TITLE.get(s, s)} | {idle} | {loaded} | {sat} | {fmt(big, 1)} | "
              f"{fr(ratio(big, scale.get(peer, (None,))[0])) if peer != s else '–'} |")
+L += ["", "Of that, anonymous memory (heap and stacks; the rest is mapped code and data of the binary and its "
+      "libraries, shared with every other process running the same files):", "",
+      "| system | idle (client, server) | large configuration (client) |", "|---|---|---|"]
+for s in proxied:
+    if s in idle_memory or s in scale:
+        i, b = idle_memory.get(s), scale.get(s)
+        L.append(f"| {TITLE.get(s, s)} | {f'{i[1]:.1f}, {i[3]:.1f}' if i else '–'} | {f'{b[1]:.1f}' if b else '–'} |")
 L.append("")
 
 # ------------------------------------------------------------------ profile
@@ -286,6 +304,8 @@ def annotate(name):
     for line in text.splitlines():
         m = LINE.match(line)
         if not m:
+            if rows and not line.strip():
+                break  # the end of the function table
             continue
         n, what = int(m.group(1).replace(",", "")), m.group(2).strip()
         if what.startswith("PROGRAM TOTALS"):

@@ -116,6 +116,7 @@ keep() { cp "$TMP/$1.json" "$TMP/$1.procs" "$RESULTS/"; }
 # ---------------------------------------------------------------- rates and saturation
 for system in $SYSTEMS; do
     start_system "$system"
+    [[ $system == direct ]] || memory "$CLIENT_PID" "$SERVER_PID" >"$RESULTS/$system-idle.rss"
     for RATE in $RATES; do
         measure "$system-$RATE" "$URL" "${PROCS[@]}" backend="$BACKEND_PID"
         keep "$system-$RATE"
@@ -137,7 +138,7 @@ for system in $SYSTEMS; do
         WAIT_SECONDS=60 start_system "$system"
     for _ in $(seq 20); do check_body "$URL"; done
     sleep 2
-    echo "$(rss_kib "$CLIENT_PID") $(rss_kib "$SERVER_PID")" >"$RESULTS/$system-scale.rss"
+    memory "$CLIENT_PID" "$SERVER_PID" >"$RESULTS/$system-scale.rss"
     say "scale: $system client-side proxy RSS $(($(rss_kib "$CLIENT_PID") / 1024)) MiB"
     stop_system "$system"
 done
@@ -156,8 +157,8 @@ if [[ $PROFILE == 1 ]]; then
     stop "$SERVER_PID"
     stop "$CONTROL_PID"
     [[ -s $TMP/callgrind.out ]] || die "callgrind wrote no profile"
-    callgrind_annotate --inclusive=no --threshold=100 "$TMP/callgrind.out" >"$RESULTS/profile.self" 2>/dev/null
-    callgrind_annotate --inclusive=yes --threshold=100 "$TMP/callgrind.out" >"$RESULTS/profile.inclusive" 2>/dev/null
+    callgrind_annotate --inclusive=no --auto=no --threshold=100 "$TMP/callgrind.out" >"$RESULTS/profile.self" 2>/dev/null
+    callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$TMP/callgrind.out" >"$RESULTS/profile.inclusive" 2>/dev/null
 fi
 
 STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)

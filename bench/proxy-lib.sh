@@ -31,13 +31,14 @@ bench_prerequisites() {
     CLK_TCK=$(getconf CLK_TCK)
 }
 
-# release_binaries: sets BIN and PROXY_BIN to BIN_DIR, or builds the release binaries and
+# release_binaries: sets BIN and PROXY_BIN to BIN_DIR (and PROXY_BIN_DIR for trellis-proxy, if
+# set), or builds the release binaries and
 # the sidecar binary as it ships (`--profile proxy`: release with whole-program optimization)
 # and points at them.
 release_binaries() {
     if [[ -n ${BIN_DIR:-} ]]; then
         BIN=$(cd "$BIN_DIR" && pwd)
-        PROXY_BIN=$BIN
+        PROXY_BIN=$(cd "${PROXY_BIN_DIR:-$BIN_DIR}" && pwd)
     else
         need cargo "install Rust with rustup"
         say "building release binaries (cargo build --release, and --profile proxy for trellis-proxy)…"
@@ -136,12 +137,19 @@ cpu_ticks() {
     read -r user sys <<<"$(cpu_split "$1")"
     echo $((user + sys))
 }
-rss_kib() {
-    local key value _
+rss_kib() { # PID [FIELD of /proc/PID/status, default VmRSS]
+    local key value _ field=${2:-VmRSS}
     while read -r key value _; do
-        [[ $key == VmRSS: ]] && { echo "$value"; return; }
+        [[ $key == "$field:" ]] && { echo "$value"; return; }
     done <"/proc/$1/status"
     echo 0
+}
+
+# memory PID...: "VmRSS RssAnon" in KiB for each PID, on one line.
+memory() {
+    local pid out=()
+    for pid in "$@"; do out+=("$(rss_kib "$pid")" "$(rss_kib "$pid" RssAnon)"); done
+    echo "${out[*]}"
 }
 
 jget() { # jget FILE DOTTED.PATH

@@ -65,8 +65,8 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 "identity": shared.identity.is_configured().then(|| shared.identity.status()),
                 "mtlsMode": config.authorizer.mtls_mode(),
                 "control": shared.control_status.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
-                "resources": shared.documents(),
-                "routes": config.services.values().map(|s| serde_json::json!({
+                "resources": config.documents().iter().collect::<Vec<_>>(),
+                "routes": config.describe_services().iter().map(|s| serde_json::json!({
                     "service": s.id,
                     "routes": s.routes.iter().chain(std::iter::once(&s.default_route)).map(|r| serde_json::json!({
                         "name": &*r.name,

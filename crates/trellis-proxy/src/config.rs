@@ -1,9 +1,11 @@
 //! The running configuration: resource documents compiled into what the request path uses.
 //!
-//! [`RunningConfig::compile`] turns validated documents into services with their routes'
-//! element chains and per-backend balancers. A reload compiles a new `RunningConfig` and
-//! swaps it in atomically; requests in flight keep the one they started with. Endpoint load
-//! statistics and upstream connections live outside it, so reloads keep them.
+//! [`RunningConfig::compile`] turns validated documents into settings, policies and the
+//! tables that find a request's service; each service's routes' element chains and
+//! per-backend balancers are compiled the first time the service is needed. A reload compiles
+//! a new `RunningConfig` and swaps it in atomically; requests in flight keep the one they
+//! started with. Endpoint load statistics and upstream connections live outside it, so
+//! reloads keep them.
 
 use crate::balance::{BalancedEndpoint, Balancer, EndpointStats};
 use crate::chain::Element;
@@ -12,7 +14,7 @@ use crate::routing::RouteMatcher;
 use crate::upstream::Upstreams;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use trellis_api::{Endpoints, ProxySettings, Resource, Service};
 
@@ -51,21 +53,110 @@ pub struct Runtime {
 }
 
 /// A configuration ready to serve.
+///
+/// It knows every service its documents describe, but compiles one (route chains, backends,
+/// balancers) only when a connection or request first needs it: a sidecar told about
+/// thousands of services talks to a few, and its memory grows with those. The documents
+/// are shared with [`crate::Shared`], not copied; routes are checked when the configuration
+/// is compiled, so a configuration that loads has no service that fails to compile later.
 pub struct RunningConfig {
-    /// Content hash of the documents: the version `/config` reports. The documents
-    /// themselves are kept once, by [`crate::Shared`], not here.
+    /// Content hash of the documents: the version `/config` reports.
     pub version: String,
     pub settings: ProxySettings,
-    pub services: HashMap<ServiceId, Arc<ServiceConfig>>,
+    catalog: Catalog,
     by_address: HashMap<SocketAddr, ServiceId>,
     by_ip: HashMap<IpAddr, ServiceId>,
     by_host: HashMap<String, ServiceId>,
+    runtime: Arc<Runtime>,
     /// The policies covering this proxy's workload, for inbound traffic.
     pub authorizer: Arc<crate::authz::Authorizer>,
     /// Access logs and tracing.
     pub telemetry: crate::telemetry::TelemetryConfig,
     /// How inbound requests are labelled: the workload's service (or the proxy's name).
     pub inbound_label: Arc<str>,
+}
+
+/// The documents a configuration comes from: the file's and the control plane's, a pushed
+/// document replacing a file document with the same key.
+#[derive(Clone, Default)]
+pub struct Documents {
+    pub file: Arc<Vec<Resource>>,
+    pub pushed: Arc<Vec<Resource>>,
+}
+
+impl Documents {
+    /// The documents in force, file first.
+    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
+        self.positions().map(|(_, d)| d)
+    }
+
+    /// The documents in force with their positions (in `file`, then `pushed`).
+    fn positions(&self) -> impl Iterator<Item = (usize, &Resource)> {
+        let pushed_keys: std::collections::HashSet<String> =
+            if self.file.is_empty() { Default::default() } else { self.pushed.iter().map(|d| d.key()).collect() };
+        let file_len = self.file.len();
+        self.file
+            .iter()
+            .enumerate()
+            .filter(move |(_, d)| !pushed_keys.contains(&d.key()))
+            .chain(self.pushed.iter().enumerate().map(move |(i, d)| (i + file_len, d)))
+    }
+}
+
+/// Where a service's documents are (positions in `Documents::file` then `pushed`), and its
+/// compiled form once something needed it.
+struct ServiceSlot {
+    /// `None`: known only from its endpoints, so every setting is a default.
+    spec: Option<usize>,
+    endpoints: Option<usize>,
+    compiled: OnceLock<Option<Arc<ServiceConfig>>>,
+}
+
+fn slot(slots: &mut HashMap<ServiceId, ServiceSlot>, id: ServiceId) -> &mut ServiceSlot {
+    slots.entry(id).or_insert_with(|| ServiceSlot { spec: None, endpoints: None, compiled: OnceLock::new() })
+}
+
+/// Every service of a configuration, by id.
+struct Catalog {
+    documents: Documents,
+    slots: HashMap<ServiceId, ServiceSlot>,
+}
+
+impl Catalog {
+    fn document(&self, at: usize) -> &Resource {
+        let file = self.documents.file.len();
+        if at < file { &self.documents.file[at] } else { &self.documents.pushed[at - file] }
+    }
+
+    /// The service's document, or an all-defaults one for a service known only from its
+    /// endpoints.
+    fn spec(&self, id: &ServiceId) -> Option<std::borrow::Cow<'_, Service>> {
+        let slot = self.slots.get(id)?;
+        match slot.spec.map(|at| self.document(at)) {
+            Some(Resource::Service(s)) => Some(std::borrow::Cow::Borrowed(s)),
+            _ => {
+                let Some(Resource::Endpoints(e)) = slot.endpoints.map(|at| self.document(at)) else { return None };
+                Some(std::borrow::Cow::Owned(Service {
+                    name: e.service.clone(),
+                    namespace: e.namespace.clone(),
+                    addresses: vec![],
+                    hosts: vec![],
+                    ports: vec![],
+                    subsets: BTreeMap::new(),
+                    routes: vec![],
+                    load_balancer: Default::default(),
+                    resilience: Default::default(),
+                }))
+            }
+        }
+    }
+
+    fn endpoints(&self, id: &ServiceId) -> Option<&Endpoints> {
+        match self.slots.get(id)?.endpoints.map(|at| self.document(at)) {
+            Some(Resource::Endpoints(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// One service as its callers' proxies see it.
@@ -121,82 +212,52 @@ pub struct Target {
 }
 
 impl RunningConfig {
-    /// Compiles documents (already validated) into a running configuration.
-    pub fn compile(documents: &[Resource], runtime: &Runtime) -> anyhow::Result<RunningConfig> {
-        let version = content_hash(documents);
+    /// Compiles documents (already validated) into a running configuration: settings,
+    /// policies, telemetry and the service lookup tables now, each service on first use.
+    pub fn compile(documents: Documents, runtime: &Arc<Runtime>) -> anyhow::Result<RunningConfig> {
+        let version = content_hash(&documents.iter().collect::<Vec<_>>());
         let mut settings = ProxySettings::default();
-        let mut specs: BTreeMap<ServiceId, Service> = BTreeMap::new();
-        let mut endpoint_lists: HashMap<ServiceId, Endpoints> = HashMap::new();
         let mut policies = Vec::new();
         let mut tenants = Vec::new();
-        for doc in documents {
+        let mut slots: HashMap<ServiceId, ServiceSlot> = HashMap::new();
+        for (at, doc) in documents.positions() {
             match doc {
                 Resource::Proxy(p) => settings = p.clone(),
                 Resource::Policy(p) => policies.push(p),
                 Resource::Tenant(t) => tenants.push(t),
                 Resource::Telemetry(_) => {}
                 Resource::Service(s) => {
-                    specs.insert(service_id(&s.name, &s.namespace), s.clone());
+                    for (index, route) in s.routes.iter().enumerate() {
+                        elements::check_route(route).map_err(|e| {
+                            let name = route.name.clone().unwrap_or_else(|| format!("route-{index}"));
+                            e.context(format!("service {}: route {name}", service_id(&s.name, &s.namespace)))
+                        })?;
+                    }
+                    slot(&mut slots, service_id(&s.name, &s.namespace)).spec = Some(at);
                 }
-                Resource::Endpoints(e) => {
-                    endpoint_lists.insert(service_id(&e.service, &e.namespace), e.clone());
-                }
+                Resource::Endpoints(e) => slot(&mut slots, service_id(&e.service, &e.namespace)).endpoints = Some(at),
             }
         }
-        // A service known only from its endpoints behaves with every default.
-        for (id, e) in &endpoint_lists {
-            specs.entry(id.clone()).or_insert_with(|| Service {
-                name: e.service.clone(),
-                namespace: e.namespace.clone(),
-                addresses: vec![],
-                hosts: vec![],
-                ports: vec![],
-                subsets: BTreeMap::new(),
-                routes: vec![],
-                load_balancer: Default::default(),
-                resilience: Default::default(),
-            });
-        }
+        let catalog = Catalog { documents: documents.clone(), slots };
 
-        let mut backends =
-            BackendBuilder { specs: &specs, endpoint_lists: &endpoint_lists, runtime, built: HashMap::new() };
-        let mut services = HashMap::new();
         let mut by_address = HashMap::new();
         let mut by_ip = HashMap::new();
         let mut by_host = HashMap::new();
-        for (id, spec) in &specs {
-            let all = backends.get(id, None);
-            let mut routes = Vec::new();
-            for (index, route) in spec.routes.iter().enumerate() {
-                let name = route.name.clone().unwrap_or_else(|| format!("route-{index}"));
-                let chain = elements::compile_route(spec, route, &name, &mut backends)?;
-                routes.push(CompiledRoute { name: name.into(), matcher: RouteMatcher::new(&route.matches)?, chain });
+        // In id order, so that of two services claiming one host the same one always wins.
+        let mut ids: Vec<&ServiceId> = catalog.slots.keys().collect();
+        ids.sort();
+        for id in ids {
+            if let Some(spec) = catalog.spec(id) {
+                for ip in &spec.addresses {
+                    by_ip.insert(*ip, id.clone());
+                }
+                for host in service_hosts(&spec) {
+                    by_host.insert(host, id.clone());
+                }
             }
-            let default_route = CompiledRoute {
-                name: Arc::from("default"),
-                matcher: RouteMatcher::any(),
-                chain: elements::compile_route(spec, &Default::default(), "default", &mut backends)?,
-            };
-            for ip in &spec.addresses {
-                by_ip.insert(*ip, id.clone());
+            for endpoint in catalog.endpoints(id).map(|e| e.endpoints.as_slice()).unwrap_or_default() {
+                by_address.insert(endpoint.address, id.clone());
             }
-            for host in service_hosts(spec) {
-                by_host.insert(host, id.clone());
-            }
-            for endpoint in all.endpoints.iter() {
-                by_address.insert(endpoint.addr, id.clone());
-            }
-            services.insert(
-                id.clone(),
-                Arc::new(ServiceConfig {
-                    id: id.clone(),
-                    label: Arc::from(id.as_str()),
-                    spec: spec.clone(),
-                    routes,
-                    default_route,
-                    all,
-                }),
-            );
         }
         // Without a workload (static mode) the namespace-wide policies of `default` apply.
         let (namespace, own_service) = match &settings.workload {
@@ -211,7 +272,9 @@ impl RunningConfig {
             &runtime.decisions,
             &runtime.metrics,
         )?);
-        let telemetry = crate::telemetry::TelemetryConfig::compile(documents, &settings);
+        let all: Vec<Resource> = documents.iter().cloned().collect();
+        let telemetry = crate::telemetry::TelemetryConfig::compile(&all, &settings);
+        drop(all);
         let inbound_label: Arc<str> = match (&settings.workload, &settings.name) {
             (Some(w), _) => Arc::from(service_id(&w.service, &w.namespace).as_str()),
             (None, Some(name)) => Arc::from(name.as_str()),
@@ -220,13 +283,74 @@ impl RunningConfig {
         Ok(RunningConfig {
             version,
             settings,
-            services,
+            catalog,
             by_address,
             by_ip,
             by_host,
+            runtime: runtime.clone(),
             authorizer,
             telemetry,
             inbound_label,
+        })
+    }
+
+    /// The documents this configuration was compiled from.
+    pub fn documents(&self) -> &Documents {
+        &self.catalog.documents
+    }
+
+    /// A service by id, compiled now if this is the first time it is needed.
+    pub fn service(&self, id: &str) -> Option<&Arc<ServiceConfig>> {
+        let slot = self.catalog.slots.get(id)?;
+        slot.compiled
+            .get_or_init(|| match self.compile_service(id) {
+                Ok(service) => Some(Arc::new(service)),
+                Err(e) => {
+                    // Routes were checked when the configuration loaded, so this is a bug.
+                    tracing::error!(service = %id, "cannot compile the service: {e:#}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Every service with its routes' element chains, for `/config`: the compiled form of
+    /// those in use, and a throwaway one for the rest (so reading `/config` does not keep
+    /// every service compiled).
+    pub fn describe_services(&self) -> Vec<Arc<ServiceConfig>> {
+        let mut ids: Vec<&ServiceId> = self.catalog.slots.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| match self.catalog.slots[id].compiled.get() {
+                Some(compiled) => compiled.clone(),
+                None => self.compile_service(id).ok().map(Arc::new),
+            })
+            .collect()
+    }
+
+    fn compile_service(&self, id: &str) -> anyhow::Result<ServiceConfig> {
+        let id: ServiceId = id.to_string();
+        let spec = self.catalog.spec(&id).ok_or_else(|| anyhow::anyhow!("service {id} has no documents"))?;
+        let mut backends = BackendBuilder { catalog: &self.catalog, runtime: &self.runtime, built: HashMap::new() };
+        let all = backends.get(&id, None);
+        let mut routes = Vec::with_capacity(spec.routes.len());
+        for (index, route) in spec.routes.iter().enumerate() {
+            let name = route.name.clone().unwrap_or_else(|| format!("route-{index}"));
+            let chain = elements::compile_route(&spec, route, &name, &mut backends)?;
+            routes.push(CompiledRoute { name: name.into(), matcher: RouteMatcher::new(&route.matches)?, chain });
+        }
+        let default_route = CompiledRoute {
+            name: Arc::from("default"),
+            matcher: RouteMatcher::any(),
+            chain: elements::compile_route(&spec, &Default::default(), "default", &mut backends)?,
+        };
+        Ok(ServiceConfig {
+            label: Arc::from(id.as_str()),
+            id,
+            spec: spec.into_owned(),
+            routes,
+            default_route,
+            all,
         })
     }
 
@@ -234,20 +358,20 @@ impl RunningConfig {
     /// address (a client that resolved the service to an instance).
     pub fn service_for_address(&self, target: SocketAddr) -> Option<&Arc<ServiceConfig>> {
         let id = self.by_ip.get(&target.ip()).or_else(|| self.by_address.get(&target))?;
-        self.services.get(id)
+        self.service(id)
     }
 
     /// The service named by an HTTP authority (`reviews`, `reviews.shop:9080`, ...).
     pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<ServiceConfig>> {
         let host = strip_port(authority).to_ascii_lowercase();
         let id = self.by_host.get(&host)?;
-        self.services.get(id)
+        self.service(id)
     }
 
     /// A service by `NAME` or `NAME.NAMESPACE` (default namespace `default`).
     pub fn service_named(&self, reference: &str) -> Option<&Arc<ServiceConfig>> {
         let id = if reference.contains('.') { reference.to_string() } else { service_id(reference, "default") };
-        self.services.get(&id)
+        self.service(&id)
     }
 }
 
@@ -267,14 +391,13 @@ fn service_hosts(spec: &Service) -> Vec<String> {
 }
 
 /// The stable hash of the canonical JSON, the same function the control plane uses.
-fn content_hash(documents: &[Resource]) -> String {
+fn content_hash(documents: &[&Resource]) -> String {
     trellis_protocol::content_hash(&serde_json::to_vec(documents).unwrap_or_default())
 }
 
 /// Builds each (service, subset) backend once per configuration.
 pub struct BackendBuilder<'a> {
-    specs: &'a BTreeMap<ServiceId, Service>,
-    endpoint_lists: &'a HashMap<ServiceId, Endpoints>,
+    catalog: &'a Catalog,
     pub runtime: &'a Runtime,
     built: HashMap<(ServiceId, Option<String>), Arc<Backend>>,
 }
@@ -293,11 +416,12 @@ impl BackendBuilder<'_> {
         if let Some(backend) = self.built.get(&key) {
             return backend.clone();
         }
-        let spec = self.specs.get(id);
+        let spec = self.catalog.spec(id);
+        let spec = spec.as_deref();
         let selector = subset.and_then(|s| spec.and_then(|spec| spec.subsets.get(s)));
         let endpoints: Vec<&trellis_api::Endpoint> = self
-            .endpoint_lists
-            .get(id)
+            .catalog
+            .endpoints(id)
             .map(|list| {
                 list.endpoints
                     .iter()

@@ -45,7 +45,7 @@ use tokio::sync::{Notify, watch};
 /// State shared by every listener and connection of one proxy.
 pub struct Shared {
     config: ArcSwap<RunningConfig>,
-    pub runtime: Runtime,
+    pub runtime: Arc<Runtime>,
     /// The chain for requests to a fixed address (inbound and pass-through).
     pub inbound_chain: Vec<Arc<dyn chain::Element>>,
     /// Fixed application address for inbound traffic; `None` = original destination.
@@ -62,10 +62,11 @@ pub struct Shared {
     last_reload_error: Mutex<Option<String>>,
     /// Digest of the file text last tried; also serializes reloads.
     last_tried: Mutex<Option<String>>,
-    /// The configuration file's documents, as last loaded.
-    file_documents: Mutex<Vec<trellis_api::Resource>>,
-    /// Documents pushed by the control plane.
-    pushed: Mutex<Vec<trellis_api::Resource>>,
+    /// The configuration file's documents, as last loaded (shared with the running
+    /// configuration, which reads its services from them).
+    file_documents: Mutex<Arc<Vec<trellis_api::Resource>>>,
+    /// Documents pushed by the control plane (shared the same way).
+    pushed: Mutex<Arc<Vec<trellis_api::Resource>>>,
 }
 
 impl Shared {
@@ -127,9 +128,11 @@ impl Shared {
         }
         *last_tried = Some(digest);
         let result = trellis_api::parse_documents(&text, &name).map_err(|e| e.to_string()).and_then(|docs| {
+            let file = Arc::new(docs);
             let pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let compiled = RunningConfig::compile(&combine(&docs, &pushed), &self.runtime).map_err(|e| e.to_string())?;
-            *self.file_documents.lock().unwrap_or_else(|e| e.into_inner()) = docs;
+            let compiled = RunningConfig::compile(config::Documents { file: file.clone(), pushed }, &self.runtime)
+                .map_err(|e| e.to_string())?;
+            *self.file_documents.lock().unwrap_or_else(|e| e.into_inner()) = file;
             Ok(compiled)
         });
         match result {
@@ -156,16 +159,6 @@ impl Shared {
     }
 }
 
-impl Shared {
-    /// The documents the running configuration was compiled from: the file's and the
-    /// pushed ones (each list is replaced only when its new version compiled).
-    pub fn documents(&self) -> Vec<trellis_api::Resource> {
-        let file = self.file_documents.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let pushed = self.pushed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        combine(&file, &pushed)
-    }
-}
-
 /// Hands the memory that parsing and compiling a configuration used and freed back to the
 /// system. glibc's allocator keeps freed heap pages mapped; after a large configuration
 /// (thousands of services) that garbage would stay in the proxy's resident memory for good.
@@ -177,20 +170,15 @@ fn release_freed_memory() {
     }
 }
 
-/// The file's documents and the pushed ones as one configuration; a pushed document
-/// replaces a file document with the same key.
-fn combine(file: &[trellis_api::Resource], pushed: &[trellis_api::Resource]) -> Vec<trellis_api::Resource> {
-    let pushed_keys: std::collections::HashSet<String> = pushed.iter().map(|d| d.key()).collect();
-    file.iter().filter(|d| !pushed_keys.contains(&d.key())).cloned().chain(pushed.iter().cloned()).collect()
-}
-
 impl Shared {
     /// Switches to the documents the control plane pushed (with the file's own), if they
     /// compile; otherwise keeps the running configuration and says why (for the NACK).
     pub fn install_pushed(&self, documents: Vec<trellis_api::Resource>) -> Result<String, String> {
         let _serialized = self.last_tried.lock().unwrap_or_else(|e| e.into_inner());
         let file = self.file_documents.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let compiled = RunningConfig::compile(&combine(&file, &documents), &self.runtime).map_err(|e| e.to_string())?;
+        let documents = Arc::new(documents);
+        let compiled = RunningConfig::compile(config::Documents { file, pushed: documents.clone() }, &self.runtime)
+            .map_err(|e| e.to_string())?;
         let version = compiled.version.clone();
         if version != self.config().version {
             self.config.store(Arc::new(compiled));
@@ -246,14 +234,16 @@ impl Proxy {
             taps: Default::default(),
         });
         let metrics = Arc::new(metrics::Metrics::new(stats, telemetry.clone()));
-        let runtime = Runtime {
+        let runtime = Arc::new(Runtime {
             upstreams: upstreams.clone(),
             endpoints: EndpointRegistry::default(),
             metrics: metrics.clone(),
             decisions: Default::default(),
             telemetry,
-        };
-        let running = RunningConfig::compile(&documents, &runtime)?;
+        });
+        let documents = Arc::new(documents);
+        let running =
+            RunningConfig::compile(config::Documents { file: documents.clone(), pushed: Default::default() }, &runtime)?;
         metrics.config_version(&running.version);
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -274,7 +264,7 @@ impl Proxy {
             last_reload_error: Mutex::new(None),
             last_tried: Mutex::new(Some(trellis_protocol::content_hash(initial_text.as_bytes()))),
             file_documents: Mutex::new(documents),
-            pushed: Mutex::new(Vec::new()),
+            pushed: Mutex::new(Default::default()),
         });
         drop(initial_text);
         release_freed_memory();

@@ -25,7 +25,7 @@ where
         // Labelled as one series whatever the address, to keep metrics bounded.
         TcpDestination::Address(addr) => (addr, "passthrough".into(), Duration::from_secs(1), None, None),
         TcpDestination::Service(id) => {
-            let Some(service) = config.services.get(&id) else {
+            let Some(service) = config.service(&id) else {
                 tracing::info!(service = %id, "opaque connection for an unknown service closed");
                 return;
             };

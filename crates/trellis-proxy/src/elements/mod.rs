@@ -23,6 +23,30 @@ use crate::config::BackendBuilder;
 use std::sync::Arc;
 use trellis_api::{Route, Service, StringMatch};
 
+/// What can fail in [`compile_route`], checked without building anything: a configuration
+/// whose routes pass compiles every service on demand.
+pub fn check_route(route: &Route) -> anyhow::Result<()> {
+    crate::routing::RouteMatcher::new(&route.matches)?;
+    if route.redirect.is_some() {
+        return Ok(());
+    }
+    if let Some(direct) = &route.direct_response {
+        respond::DirectResponse::new(direct)?;
+        return Ok(());
+    }
+    if route.request_headers.is_some() || route.response_headers.is_some() {
+        headers::HeaderRewrite::new(route.request_headers.as_ref(), route.response_headers.as_ref())?;
+    }
+    if let Some(rewrite) = &route.rewrite {
+        let matched_prefix = match &route.matches.path {
+            Some(StringMatch::Prefix(p)) => Some(p.clone()),
+            _ => None,
+        };
+        headers::Rewrite::new(rewrite.clone(), matched_prefix)?;
+    }
+    Ok(())
+}
+
 /// Compiles one route of `service` into its element chain.
 pub fn compile_route(
     service: &Service,

@@ -28,18 +28,21 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # A free loopback TCP port: random in 20000-32767 (below the usual ephemeral range), not in
-# /proc/net/tcp{,6} (listening or connected) and not handed out before by this script.
-GIVEN_PORTS=" "
+# /proc/net/tcp{,6} (listening or connected) and not handed out before by this script. It runs
+# in a subshell ($(free_port)), so the ports handed out are kept in a file, not a variable.
 free_port() {
     local p hex
     for _ in $(seq 200); do
         p=$((20000 + RANDOM % 12768))
         printf -v hex '%04X' "$p"
-        [[ $GIVEN_PORTS == *" $p "* ]] && continue
+        grep -qx "$p" "$TMP/given-ports" 2>/dev/null && continue
         grep -qi ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null && continue
-        GIVEN_PORTS+="$p "
+        echo "$p" >>"$TMP/given-ports"
         echo "$p"
         return
     done
-    die "found no free port"
+    # Dying here would only end the subshell: stop the script too.
+    say "found no free port"
+    kill -TERM $$
+    exit 1
 }

@@ -133,7 +133,7 @@ scale_configs "$SCALE_SERVICES" "$SCALE_ENDPOINTS"
 for system in $SYSTEMS; do
     [[ $system == direct ]] && continue
     PAIR_CLIENT_SERVICES=$TMP/scale-trellis.yaml \
-        ENVOY_CLIENT_CLUSTERS=$(cat "$TMP/scale-envoy-clusters.yaml") ENVOY_CLIENT_VHOSTS=$(cat "$TMP/scale-envoy-vhosts.yaml") \
+        ENVOY_CLIENT_CLUSTERS=$TMP/scale-envoy-clusters.yaml ENVOY_CLIENT_VHOSTS=$TMP/scale-envoy-vhosts.yaml \
         HAPROXY_CLIENT_RULES=$TMP/scale-haproxy-rules.cfg HAPROXY_CLIENT_BACKENDS=$TMP/scale-haproxy.cfg \
         WAIT_SECONDS=60 start_system "$system"
     for _ in $(seq 20); do check_body "$URL"; done

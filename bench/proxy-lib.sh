@@ -341,8 +341,10 @@ EOF
 # server listener → backend over HTTP/1.1), each Envoy with WORKERS worker threads; with
 # `mtls`, the hop between them is mutual TLS 1.3 with certificates from envoy_certificates.
 # Sets CLIENT_PID, SERVER_PID, CLIENT_URL, CLIENT_ADMIN, SERVER_ADMIN. Needs ENVOY (the
-# binary). ENVOY_CLIENT_CLUSTERS and ENVOY_CLIENT_VHOSTS add clusters and virtual hosts to
-# the client's configuration (YAML text at their indentation).
+# binary). ENVOY_CLIENT_CLUSTERS and ENVOY_CLIENT_VHOSTS name files of clusters and virtual
+# hosts to add to the client's configuration (YAML at their indentation). Files, not text:
+# a large configuration in a variable would be exported to every command run meanwhile, past
+# the kernel's limit on one environment string.
 envoy_pair() {
     local label=$1 tls=${2:-}
     local server_port client_port admin_s admin_c
@@ -390,7 +392,8 @@ envoy_config() {
     local file=$1 side=$2 admin=$3 listen=$4 upstream=$5 tls=${6:-}
     local pki=$TMP/envoy-pki listener_tls="" cluster_options="" routes extra_vhosts="" extra_clusters=""
     if [[ $side == client ]]; then
-        extra_vhosts=${ENVOY_CLIENT_VHOSTS:-} extra_clusters=${ENVOY_CLIENT_CLUSTERS:-}
+        [[ -z ${ENVOY_CLIENT_VHOSTS:-} ]] || extra_vhosts=$(cat "$ENVOY_CLIENT_VHOSTS")
+        [[ -z ${ENVOY_CLIENT_CLUSTERS:-} ]] || extra_clusters=$(cat "$ENVOY_CLIENT_CLUSTERS")
         routes='
               - match: {prefix: "/", headers: [{name: x-debug, string_match: {exact: "1"}}]}
                 route: {cluster: up, timeout: 1s}

@@ -332,7 +332,7 @@ def crate_of(function, obj):
     if "::" in f:
         name = f.split("::", 1)[0]
         return {"core": "core/alloc/std", "alloc": "core/alloc/std", "std": "core/alloc/std"}.get(name, name)
-    if f.startswith(("aws_lc", "bn_", "ec_", "p256", "ecp_nistz256", "aes_", "gcm_", "sha", "chacha")):
+    if f.lstrip("_").startswith(("aws_lc", "bn_", "ec_", "p256", "ecp_nistz256", "aes", "gcm_", "sha", "chacha", "ChaCha")):
         return "aws-lc (crypto, C and assembly)"
     return f"C: {obj or 'unknown'}"
 
@@ -365,8 +365,11 @@ if total and profile and profile.get("ok"):
         short = function if len(function) <= 110 else function[:107] + "…"
         L.append(f"| `{short.replace('|', '/')}` | {count / n:,.0f} | {100 * count / total:.1f}% |")
     _, inclusive = annotate("profile.inclusive")
-    wanted = [("rustls", "rustls::"), ("h2 (HTTP/2)", "h2::"), ("hyper", "hyper::"), ("the element chain", "trellis_proxy::chain"),
-              ("routing", "trellis_proxy::routing"), ("telemetry", "trellis_proxy::telemetry")]
+    wanted = [("request handling (service, route, chain, response)", "trellis_proxy::http::Handler::handle"),
+              ("the element chain (its first element, down to forwarding)", "trellis_proxy::elements::"),
+              ("the upstream HTTP/2 connection (h2 via hyper)", "hyper::proto::h2::client::H2ClientFuture"),
+              ("TLS record decryption (rustls)", "rustls::record_layer"),
+              ("telemetry (recording a finished request)", "trellis_proxy::telemetry")]
     L += ["", "Inclusive cost of some subsystems (the largest function of each prefix, so nested calls are not "
           "counted twice):", "", "| subsystem | largest inclusive function | instructions per request |", "|---|---|---|"]
     for label, prefix in wanted:

@@ -169,7 +169,11 @@ impl HttpBody for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.source_done && self.next_chunk >= state.chunks.len() && (self.trailers_sent || state.trailers.is_none())
+        // A source that says it is over before it was read (a GET) counts as done: the
+        // HTTP/2 client then sends END_STREAM on the headers instead of an empty DATA frame
+        // from a task of its own.
+        let source_over = state.source_done || state.source.as_ref().is_none_or(|s| s.is_end_stream());
+        source_over && self.next_chunk >= state.chunks.len() && (self.trailers_sent || state.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -272,9 +272,7 @@ impl RunningConfig {
             &runtime.decisions,
             &runtime.metrics,
         )?);
-        let all: Vec<Resource> = documents.iter().cloned().collect();
-        let telemetry = crate::telemetry::TelemetryConfig::compile(&all, &settings);
-        drop(all);
+        let telemetry = crate::telemetry::TelemetryConfig::compile(documents.iter(), &settings);
         let inbound_label: Arc<str> = match (&settings.workload, &settings.name) {
             (Some(w), _) => Arc::from(service_id(&w.service, &w.namespace).as_str()),
             (None, Some(name)) => Arc::from(name.as_str()),

@@ -62,9 +62,9 @@ pub struct Tracing {
 impl TelemetryConfig {
     /// The `kind: Telemetry` of the workload's namespace (`default` in static mode) decides;
     /// without one, the proxy's `accessLog` setting turns logs on and nothing is traced.
-    pub fn compile(documents: &[Resource], settings: &ProxySettings) -> TelemetryConfig {
+    pub fn compile<'a>(documents: impl IntoIterator<Item = &'a Resource>, settings: &ProxySettings) -> TelemetryConfig {
         let namespace = settings.workload.as_ref().map_or("default", |w| w.namespace.as_str());
-        let doc = documents.iter().find_map(|d| match d {
+        let doc = documents.into_iter().find_map(|d| match d {
             Resource::Telemetry(t) if t.namespace == namespace => Some(t),
             _ => None,
         });

@@ -31,10 +31,10 @@ bench_prerequisites() {
     CLK_TCK=$(getconf CLK_TCK)
 }
 
-# release_binaries: sets BIN and PROXY_BIN to BIN_DIR (and PROXY_BIN_DIR for trellis-proxy, if
-# set), or builds the release binaries and
-# the sidecar binary as it ships (`--profile proxy`: release with whole-program optimization)
-# and points at them.
+# release_binaries: sets BIN and PROXY_BIN (where trellis-proxy is) to BIN_DIR and
+# PROXY_BIN_DIR (default BIN_DIR); without BIN_DIR, builds the release binaries and the
+# sidecar binary as it ships (`--profile proxy`: release with whole-program optimization) and
+# points at them.
 release_binaries() {
     if [[ -n ${BIN_DIR:-} ]]; then
         BIN=$(cd "$BIN_DIR" && pwd)
@@ -384,13 +384,29 @@ envoy_certificates() {
     done
 }
 
+# envoy_common_tls OWN PEER INDENT: the common_tls_context of one side of the mutual TLS 1.3
+# hop, presenting OWN's certificate and accepting only PEER's SPIFFE ID, indented by INDENT.
+envoy_common_tls() {
+    local pki=$TMP/envoy-pki pad
+    printf -v pad '%*s' "$3" ''
+    sed "s/^/$pad/" <<EOF
+common_tls_context:
+  tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}
+  alpn_protocols: [h2]
+  tls_certificates: [{certificate_chain: {filename: $pki/$1.pem}, private_key: {filename: $pki/$1.key}}]
+  validation_context:
+    trusted_ca: {filename: $pki/ca.pem}
+    match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: spiffe://bench.local/ns/bench/sa/$2}}]
+EOF
+}
+
 # envoy_config FILE client|server ADMIN LISTEN UPSTREAM [mtls]: one listener and one upstream
 # cluster. The client side evaluates the same routes as TRELLIS_ROUTES and speaks HTTP/2 to
 # the server side; the server side forwards everything to the backend over HTTP/1.1. With
 # `mtls` the hop between them is mutual TLS 1.3, each side checking the other's SPIFFE ID.
 envoy_config() {
     local file=$1 side=$2 admin=$3 listen=$4 upstream=$5 tls=${6:-}
-    local pki=$TMP/envoy-pki listener_tls="" cluster_options="" routes extra_vhosts="" extra_clusters=""
+    local listener_tls="" cluster_options="" routes extra_vhosts="" extra_clusters=""
     if [[ $side == client ]]; then
         [[ -z ${ENVOY_CLIENT_VHOSTS:-} ]] || extra_vhosts=$(cat "$ENVOY_CLIENT_VHOSTS")
         [[ -z ${ENVOY_CLIENT_CLUSTERS:-} ]] || extra_clusters=$(cat "$ENVOY_CLIENT_CLUSTERS")
@@ -410,13 +426,7 @@ envoy_config() {
       name: envoy.transport_sockets.tls
       typed_config:
         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context:
-          tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}
-          alpn_protocols: [h2]
-          tls_certificates: [{certificate_chain: {filename: $pki/client.pem}, private_key: {filename: $pki/client.key}}]
-          validation_context:
-            trusted_ca: {filename: $pki/ca.pem}
-            match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: spiffe://bench.local/ns/bench/sa/server}}]"
+$(envoy_common_tls client server 8)"
         fi
     else
         routes='
@@ -429,13 +439,7 @@ envoy_config() {
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
           require_client_certificate: true
-          common_tls_context:
-            tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}
-            alpn_protocols: [h2]
-            tls_certificates: [{certificate_chain: {filename: $pki/server.pem}, private_key: {filename: $pki/server.key}}]
-            validation_context:
-              trusted_ca: {filename: $pki/ca.pem}
-              match_typed_subject_alt_names: [{san_type: URI, matcher: {exact: spiffe://bench.local/ns/bench/sa/client}}]"
+$(envoy_common_tls server client 10)"
         fi
     fi
     cat >"$file" <<EOF

@@ -254,7 +254,8 @@ EOF
     done
     start "$label-server" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-server.yaml"
     SERVER_PID=$STARTED_PID
-    start "$label-client" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-client.yaml"
+    # CLIENT_WRAPPER: a command the client proxy runs under (valgrind, for a profile).
+    start "$label-client" ${CLIENT_WRAPPER:-} "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-client.yaml"
     CLIENT_PID=$STARTED_PID
     wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
     wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"

@@ -349,7 +349,9 @@ if total and profile and profile.get("ok"):
           f"callgrind (valgrind) instruction counts while it carried {n} requests ({arg['profile_rate']} req/s for "
           f"{arg['profile_duration']}, instrumentation on only during the load; background work such as telemetry "
           "reports included). Instruction counts are stable where timings on a shared VM are not; they count "
-          "user space only, so the kernel's share (the system CPU above) is not in them.", "",
+          "user space only, so the kernel's share (the system CPU above) is not in them. valgrind counts every "
+          "iteration of a `rep movsb` (one per byte moved) as an instruction, so large memcpys weigh more here "
+          "than in time.", "",
           f"**{total / n:,.0f} instructions per request** in user space.", "",
           "By crate (self cost):", "", "| crate | instructions per request | share |", "|---|---|---|"]
     by_crate = {}

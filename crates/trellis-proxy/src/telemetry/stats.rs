@@ -138,10 +138,10 @@ impl CellCounts {
     }
 }
 
-/// Requests in flight per (direction, service): the saturation signal for autoscalers.
 /// (direction, service) of an in-flight gauge.
 type GaugeKey = (&'static str, Arc<str>);
 
+/// Requests in flight per (direction, service): the saturation signal for autoscalers.
 #[derive(Default)]
 struct InFlight {
     gauges: RwLock<HashMap<GaugeKey, Arc<AtomicI64>>>,
@@ -187,6 +187,7 @@ impl ConnectionStats {
         }
     }
 
+    /// Counts a request in flight to or from `service` until the guard drops.
     pub fn start(&self, stats: &RequestStats, direction: &'static str, service: &Arc<str>) -> InFlightGuard {
         let mut last = self.gauge.lock().unwrap_or_else(|e| e.into_inner());
         let gauge = match &*last {
@@ -222,17 +223,6 @@ impl RequestStats {
         }
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         cells.entry(key.clone()).or_default().clone()
-    }
-
-    pub fn record(&self, key: &StatsKey, outcome: &Outcome) {
-        self.cell(key).record(outcome);
-    }
-
-    /// Counts a request in flight to or from `service` until the guard drops.
-    pub fn start(&self, direction: &'static str, service: &Arc<str>) -> InFlightGuard {
-        let gauge = self.gauge(direction, service);
-        gauge.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(gauge)
     }
 
     fn gauge(&self, direction: &'static str, service: &Arc<str>) -> Arc<AtomicI64> {
@@ -378,10 +368,11 @@ mod tests {
             request_bytes: 10,
             response_bytes: 100,
         };
-        stats.record(&key("r"), &ok);
-        stats.record(&key("r"), &ok);
+        stats.cell(&key("r")).record(&ok);
+        stats.cell(&key("r")).record(&ok);
         stats
-            .record(&key("r"), &Outcome { status: 200, grpc_status: Some(14), latency: Duration::from_secs(20), ..ok });
+            .cell(&key("r"))
+            .record(&Outcome { status: 200, grpc_status: Some(14), latency: Duration::from_secs(20), ..ok });
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.len(), 1);
         let counts = &snapshot[0].1;
@@ -405,8 +396,8 @@ mod tests {
             request_bytes: 0,
             response_bytes: 5,
         };
-        stats.record(&key("r"), &ok);
-        let _guard = stats.start("inbound", &Arc::from("reviews"));
+        stats.cell(&key("r")).record(&ok);
+        let _guard = ConnectionStats::default().start(&stats, "inbound", &Arc::from("reviews"));
         let mut registry = prometheus_client::registry::Registry::with_prefix("trellis");
         registry.register_collector(Box::new(std::sync::Arc::new(stats)));
         let mut text = String::new();

@@ -215,12 +215,13 @@ impl RunningConfig {
     /// Compiles documents (already validated) into a running configuration: settings,
     /// policies, telemetry and the service lookup tables now, each service on first use.
     pub fn compile(documents: Documents, runtime: &Arc<Runtime>) -> anyhow::Result<RunningConfig> {
-        let version = content_hash(&documents.iter().collect::<Vec<_>>());
+        let in_force: Vec<(usize, &Resource)> = documents.positions().collect();
+        let version = content_hash(&in_force.iter().map(|(_, d)| *d).collect::<Vec<_>>());
         let mut settings = ProxySettings::default();
         let mut policies = Vec::new();
         let mut tenants = Vec::new();
         let mut slots: HashMap<ServiceId, ServiceSlot> = HashMap::new();
-        for (at, doc) in documents.positions() {
+        for &(at, doc) in &in_force {
             match doc {
                 Resource::Proxy(p) => settings = p.clone(),
                 Resource::Policy(p) => policies.push(p),
@@ -272,7 +273,7 @@ impl RunningConfig {
             &runtime.decisions,
             &runtime.metrics,
         )?);
-        let telemetry = crate::telemetry::TelemetryConfig::compile(documents.iter(), &settings);
+        let telemetry = crate::telemetry::TelemetryConfig::compile(in_force.iter().map(|(_, d)| *d), &settings);
         let inbound_label: Arc<str> = match (&settings.workload, &settings.name) {
             (Some(w), _) => Arc::from(service_id(&w.service, &w.namespace).as_str()),
             (None, Some(name)) => Arc::from(name.as_str()),

@@ -23,46 +23,22 @@ use crate::config::BackendBuilder;
 use std::sync::Arc;
 use trellis_api::{Route, Service, StringMatch};
 
-/// What can fail in [`compile_route`], checked without building anything: a configuration
-/// whose routes pass compiles every service on demand.
-pub fn check_route(route: &Route) -> anyhow::Result<()> {
-    crate::routing::RouteMatcher::new(&route.matches)?;
-    if route.redirect.is_some() {
-        return Ok(());
-    }
-    if let Some(direct) = &route.direct_response {
-        respond::DirectResponse::new(direct)?;
-        return Ok(());
-    }
-    if route.request_headers.is_some() || route.response_headers.is_some() {
-        headers::HeaderRewrite::new(route.request_headers.as_ref(), route.response_headers.as_ref())?;
-    }
-    if let Some(rewrite) = &route.rewrite {
-        let matched_prefix = match &route.matches.path {
-            Some(StringMatch::Prefix(p)) => Some(p.clone()),
-            _ => None,
-        };
-        headers::Rewrite::new(rewrite.clone(), matched_prefix)?;
-    }
-    Ok(())
+/// The part of a route's chain that needs no backend: a lone answer (redirect, direct
+/// response), or the header and path rewrites that come first. Everything in a route that can
+/// fail to compile is here.
+enum Head {
+    Answer(Vec<Arc<dyn Element>>),
+    Rewrites(Vec<Arc<dyn Element>>),
 }
 
-/// Compiles one route of `service` into its element chain.
-pub fn compile_route(
-    service: &Service,
-    route: &Route,
-    route_name: &str,
-    backends: &mut BackendBuilder,
-) -> anyhow::Result<Vec<Arc<dyn Element>>> {
-    let mut chain: Vec<Arc<dyn Element>> = Vec::new();
+fn compile_head(route: &Route) -> anyhow::Result<Head> {
     if let Some(redirect) = &route.redirect {
-        chain.push(Arc::new(respond::Redirect::new(redirect.clone())));
-        return Ok(chain);
+        return Ok(Head::Answer(vec![Arc::new(respond::Redirect::new(redirect.clone()))]));
     }
     if let Some(direct) = &route.direct_response {
-        chain.push(Arc::new(respond::DirectResponse::new(direct)?));
-        return Ok(chain);
+        return Ok(Head::Answer(vec![Arc::new(respond::DirectResponse::new(direct)?)]));
     }
+    let mut chain: Vec<Arc<dyn Element>> = Vec::new();
     if route.request_headers.is_some() || route.response_headers.is_some() {
         chain.push(Arc::new(headers::HeaderRewrite::new(
             route.request_headers.as_ref(),
@@ -76,6 +52,27 @@ pub fn compile_route(
         };
         chain.push(Arc::new(headers::Rewrite::new(rewrite.clone(), matched_prefix)?));
     }
+    Ok(Head::Rewrites(chain))
+}
+
+/// What can fail in [`compile_route`], checked without building backends: a configuration
+/// whose routes pass compiles every service on demand.
+pub fn check_route(route: &Route) -> anyhow::Result<()> {
+    crate::routing::RouteMatcher::new(&route.matches)?;
+    compile_head(route).map(drop)
+}
+
+/// Compiles one route of `service` into its element chain.
+pub fn compile_route(
+    service: &Service,
+    route: &Route,
+    route_name: &str,
+    backends: &mut BackendBuilder,
+) -> anyhow::Result<Vec<Arc<dyn Element>>> {
+    let mut chain = match compile_head(route)? {
+        Head::Answer(chain) => return Ok(chain),
+        Head::Rewrites(chain) => chain,
+    };
     let namespace = service.namespace.clone();
     let own_id = crate::config::service_id(&service.name, &namespace);
     let destinations: Vec<(Arc<crate::config::Backend>, u32)> = if route.to.is_empty() {

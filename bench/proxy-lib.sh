@@ -252,9 +252,18 @@ EOF
         "$BIN/trellis" validate -f "$TMP/$label-$side.yaml" >"$TMP/validate.log" 2>&1 ||
             { cat "$TMP/validate.log" >&2; die "the generated $side proxy configuration is invalid"; }
     done
+    start_trellis_proxies "$label" "$admin_s" "$admin_c" "$listen"
+    check_body "$CLIENT_URL"
+}
+
+# start_trellis_proxies LABEL SERVER_ADMIN_PORT CLIENT_ADMIN_PORT CLIENT_LISTEN_PORT: runs
+# `trellis-proxy --workers WORKERS` on $TMP/LABEL-server.yaml and LABEL-client.yaml (the client
+# under CLIENT_WRAPPER, e.g. valgrind for a profile) until both are ready; sets SERVER_PID,
+# CLIENT_PID, CLIENT_URL, SERVER_ADMIN and CLIENT_ADMIN.
+start_trellis_proxies() {
+    local label=$1 admin_s=$2 admin_c=$3 listen=$4
     start "$label-server" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-server.yaml"
     SERVER_PID=$STARTED_PID
-    # CLIENT_WRAPPER: a command the client proxy runs under (valgrind, for a profile).
     start "$label-client" ${CLIENT_WRAPPER:-} "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-client.yaml"
     CLIENT_PID=$STARTED_PID
     wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
@@ -262,7 +271,6 @@ EOF
     CLIENT_URL="http://127.0.0.1:$listen$REQUEST_PATH"
     SERVER_ADMIN="127.0.0.1:$admin_s"
     CLIENT_ADMIN="127.0.0.1:$admin_c"
-    check_body "$CLIENT_URL"
 }
 
 # mtls_pair LABEL: like proxy_pair, but both proxies join a control plane (started here, `trellis
@@ -322,16 +330,7 @@ explicit: [{listen: '127.0.0.1:$listen', service: web.bench}]
 control: {url: 'http://127.0.0.1:$push', stateDir: '$CLIENT_STATE', joinTokenFile: '$TMP/$label-client.token'}
 workload: {service: client, namespace: bench, serviceAccount: client, address: '127.0.0.1:$(free_port)'${calls:+, $calls}}
 EOF
-    start "$label-server" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-server.yaml"
-    SERVER_PID=$STARTED_PID
-    # CLIENT_WRAPPER: a command the client proxy runs under (the profile's valgrind).
-    start "$label-client" ${CLIENT_WRAPPER:-} "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-client.yaml"
-    CLIENT_PID=$STARTED_PID
-    wait_ok "http://127.0.0.1:$admin_s/ready" "$label-server" "$SERVER_PID"
-    wait_ok "http://127.0.0.1:$admin_c/ready" "$label-client" "$CLIENT_PID"
-    CLIENT_URL="http://127.0.0.1:$listen$REQUEST_PATH"
-    SERVER_ADMIN="127.0.0.1:$admin_s"
-    CLIENT_ADMIN="127.0.0.1:$admin_c"
+    start_trellis_proxies "$label" "$admin_s" "$admin_c" "$listen"
     SERVER_INBOUND="127.0.0.1:$inbound"
     # The server's endpoint reaches the client proxy by push: wait for the first 200.
     wait_ok "$CLIENT_URL" "$label-client" "$CLIENT_PID"

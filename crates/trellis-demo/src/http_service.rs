@@ -86,6 +86,11 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
 
 type Outcome = Result<Value, (StatusCode, String)>;
 
+/// The gRPC channel to `service`, if this instance was started with a `--call` for it.
+fn channel(state: &State, service: &str) -> Result<tonic::transport::Channel, (StatusCode, String)> {
+    state.grpc.get(service).cloned().ok_or((StatusCode::INTERNAL_SERVER_ERROR, format!("no route to {service}")))
+}
+
 async fn get_json(state: &State, service: &str, path: &str) -> Outcome {
     let base = state.calls.get(service).ok_or((StatusCode::INTERNAL_SERVER_ERROR, format!("no route to {service}")))?;
     let request = Request::get(format!("{base}{path}"))
@@ -110,7 +115,7 @@ async fn web_page(state: &State, id: u32) -> Outcome {
 
 async fn catalog_product(state: &State, id: u32) -> Outcome {
     let (_, name, price) = crate::products::product(id).ok_or((StatusCode::NOT_FOUND, format!("no product {id}")))?;
-    let mut client = crate::grpc::inventory_client::InventoryClient::new(state.grpc["inventory"].clone());
+    let mut client = crate::grpc::inventory_client::InventoryClient::new(channel(state, "inventory")?);
     let stock = client
         .stock(ProductRequest { product_id: id })
         .await
@@ -127,7 +132,7 @@ async fn reviews(state: &State, version: u8, id: u32) -> Outcome {
         "reviews": [{"reviewer": "ana", "text": "sturdy and easy to set up"}, {"reviewer": "bo", "text": "the roses love it"}],
     });
     if version >= 2 {
-        let mut client = crate::grpc::ratings_client::RatingsClient::new(state.grpc["ratings"].clone());
+        let mut client = crate::grpc::ratings_client::RatingsClient::new(channel(state, "ratings")?);
         let rating = client
             .rating(ProductRequest { product_id: id })
             .await

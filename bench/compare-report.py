@@ -4,7 +4,7 @@
 Usage: compare-report.py RESULTS_DIR OUT.md key=value...
 Keys: clk_tck stamp machine commit versions rates systems duration warmup connections path
 workers saturation_connections saturation_duration scale_services scale_endpoints
-profile_rate profile_duration smoke.
+profile_rate profile_duration profile_side smoke.
 
 RESULTS_DIR holds, per system S and rate R (or `max` for the closed-loop run): S-R.json (the
 trellis-bench report) and S-R.procs (name rss_idle_kib rss_load_kib cpu_ticks user_ticks
@@ -345,7 +345,7 @@ except (OSError, ValueError):
     pass
 if total and profile and profile.get("ok"):
     n = profile["ok"]
-    L += ["## Profile: the Trellis mTLS client-side proxy", "",
+    L += [f"## Profile: the Trellis mTLS {arg.get('profile_side', 'client')}-side proxy", "",
           f"callgrind (valgrind) instruction counts while it carried {n} requests ({arg['profile_rate']} req/s for "
           f"{arg['profile_duration']}, instrumentation on only during the load; background work such as telemetry "
           "reports included). Instruction counts are stable where timings on a shared VM are not; they count "

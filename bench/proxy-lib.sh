@@ -257,12 +257,12 @@ EOF
 }
 
 # start_trellis_proxies LABEL SERVER_ADMIN_PORT CLIENT_ADMIN_PORT CLIENT_LISTEN_PORT: runs
-# `trellis-proxy --workers WORKERS` on $TMP/LABEL-server.yaml and LABEL-client.yaml (the client
-# under CLIENT_WRAPPER, e.g. valgrind for a profile) until both are ready; sets SERVER_PID,
+# `trellis-proxy --workers WORKERS` on $TMP/LABEL-server.yaml and LABEL-client.yaml (under
+# SERVER_WRAPPER and CLIENT_WRAPPER, e.g. valgrind for a profile) until both are ready; sets SERVER_PID,
 # CLIENT_PID, CLIENT_URL, SERVER_ADMIN and CLIENT_ADMIN.
 start_trellis_proxies() {
     local label=$1 admin_s=$2 admin_c=$3 listen=$4
-    start "$label-server" "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-server.yaml"
+    start "$label-server" ${SERVER_WRAPPER:-} "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-server.yaml"
     SERVER_PID=$STARTED_PID
     start "$label-client" ${CLIENT_WRAPPER:-} "$PROXY_BIN/trellis-proxy" --workers "$WORKERS" -c "$TMP/$label-client.yaml"
     CLIENT_PID=$STARTED_PID

@@ -34,6 +34,18 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     boxed(http_body_util::Full::new(bytes.into()).map_err(|never| match never {}))
 }
 
+/// Reads and drops up to `limit` bytes of `body` (e.g. so that its connection can be
+/// reused), stopping at its end, an error, or the limit.
+pub async fn discard(mut body: Body, limit: usize) {
+    let mut read = 0;
+    while read <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
+}
+
 /// Largest request body kept for retries.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
 

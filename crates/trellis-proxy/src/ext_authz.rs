@@ -19,7 +19,6 @@ use crate::errors::{ProxyError, Reason};
 use crate::metrics::Metrics;
 use crate::upstream::{Upstreams, Wire};
 use http::{HeaderValue, Request};
-use http_body_util::BodyExt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -180,7 +179,7 @@ impl ExternalCheck {
             let response = upstreams.send(self.addr, None, Wire::Http1, request, self.timeout).await?;
             let status = response.status();
             // Read (a bounded part of) the answer so the connection can be reused.
-            let _ = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await;
+            body::discard(response.into_body(), MAX_ANSWER_BYTES).await;
             Ok::<_, crate::upstream::UpstreamError>(status)
         };
         match tokio::time::timeout(self.timeout, call).await {

@@ -6,13 +6,22 @@
 
 use std::path::PathBuf;
 
-/// A multi-threaded runtime with `workers` worker threads (at least 1), or one per core
-/// when `None`: the proxy's concurrency, like Envoy's `--concurrency`.
+/// A runtime with `workers` worker threads, or one per core when `None`: the proxy's
+/// concurrency, like Envoy's `--concurrency`.
+///
+/// One worker is the usual sidecar share, and then the proxy runs on a single-threaded
+/// scheduler on the main thread: no work-stealing queues or cross-thread wake-ups to pay for
+/// on every request.
 pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers.max(1));
-    }
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers.max(1));
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.thread_name("trellis-proxy").enable_all().build()
 }
 

@@ -6,7 +6,7 @@
 //! upgrades (WebSocket), whose two halves are then spliced together.
 
 use super::{SelectedBackend, SelectedTarget};
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::chain::{BoxFuture, Element, Next};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::upstream::{UpstreamError, Upstreams, Wire};
@@ -109,7 +109,6 @@ pub async fn send(
             }
             let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), switching);
-            let mut response = response.map(body::boxed);
             response.extensions_mut().insert(UpstreamLabel { backend: label.clone(), endpoint: addr, identity: peer });
             response
         }
@@ -119,10 +118,7 @@ pub async fn send(
                 UpstreamError::ConnectTimeout(_) => Reason::ConnectTimeout,
                 // The request body we were streaming failed: the client's input was bad
                 // (e.g. an invalid chunk size) or cut off, not the upstream's fault.
-                UpstreamError::Reset(h) if h.is_user() => {
-                    return ProxyError::new(Reason::BadRequest, format!("the request body could not be read: {h}"))
-                        .into_response(grpc);
-                }
+                UpstreamError::RequestBody(_) => return ProxyError::new(Reason::BadRequest, e.to_string()).into_response(grpc),
                 UpstreamError::Reset(_) => Reason::UpstreamReset,
                 UpstreamError::Tls(_) => Reason::UpstreamTls,
                 UpstreamError::NoIdentity => Reason::NoIdentity,

@@ -143,7 +143,7 @@ async fn send(upstreams: &Upstreams, collector: &Collector, spans: Vec<SpanRecor
     .map_err(|e| e.to_string())?;
     let status = response.status();
     // Read the body so the connection goes back to the pool.
-    let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+    body::discard(response.into_body(), 64 * 1024).await;
     if status.is_success() { Ok(()) } else { Err(format!("the collector answered {status}")) }
 }
 

@@ -1,17 +1,18 @@
 //! Connections to upstream endpoints: connecting (with timeout and socket mark), mutual TLS
 //! to endpoints with a mesh identity, pooling HTTP/1.1 keep-alive connections, and
-//! multiplexing HTTP/2 on one connection per endpoint.
+//! multiplexing HTTP/2 on one connection per endpoint ([`http2`]).
 //!
 //! Pools are keyed by endpoint address and expected peer identity, and outlive
 //! configuration reloads.
 
-use crate::body::Body;
+mod http2;
+
+use crate::body::{self, Body, BoxError};
 use crate::identity::{Carried, Identity};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::HashMap;
+use http2::Http2Connection;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +37,10 @@ pub enum UpstreamError {
     #[error("no connection within {0:?}")]
     ConnectTimeout(Duration),
     #[error("connection reset or closed before a response: {0}")]
-    Reset(hyper::Error),
+    Reset(BoxError),
+    /// Reading the request body from the client failed while it was being sent.
+    #[error("the request body could not be read: {0}")]
+    RequestBody(BoxError),
     #[error("mutual TLS with the endpoint failed: {0}")]
     Tls(String),
     #[error("the endpoint requires mutual TLS, but this proxy has no valid workload certificate")]
@@ -112,18 +116,32 @@ impl Connector {
     }
 }
 
+impl UpstreamError {
+    fn from_hyper(e: hyper::Error) -> Self {
+        // hyper calls a failure of the body it was given to send a user error.
+        if e.is_user() { UpstreamError::RequestBody(e.into()) } else { UpstreamError::Reset(e.into()) }
+    }
+}
+
 /// All upstream connections of one proxy.
 pub struct Upstreams {
     connector: Connector,
-    http1: Mutex<HashMap<PoolKey, Arc<Mutex<Vec<IdleConnection>>>>>,
-    http2: Mutex<HashMap<PoolKey, Http2Slot>>,
+    http1: Mutex<PoolMap<Arc<Mutex<Vec<IdleConnection>>>>>,
+    http2: Mutex<PoolMap<Http2Slot>>,
 }
 
 type PoolKey = (SocketAddr, PeerIdentity);
+/// Looked up on every request: a fast hash rather than SipHash, as keys are not chosen by
+/// clients (endpoints come from the configuration).
+type PoolMap<V> = std::collections::HashMap<PoolKey, V, foldhash::fast::RandomState>;
 
-/// The one HTTP/2 connection to an endpoint; the async lock makes concurrent first
-/// requests share a single connect.
-type Http2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+/// The one HTTP/2 connection to an endpoint.
+#[derive(Default)]
+struct Http2Slot {
+    live: Option<Http2Connection>,
+    /// Held while connecting, so that concurrent first requests share a single connect.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+}
 
 struct IdleConnection {
     sender: http1::SendRequest<Body>,
@@ -133,6 +151,10 @@ struct IdleConnection {
 impl Upstreams {
     pub fn new(connector: Connector) -> Self {
         Upstreams { connector, http1: Mutex::default(), http2: Mutex::default() }
+    }
+
+    fn http2_pool(&self) -> std::sync::MutexGuard<'_, PoolMap<Http2Slot>> {
+        self.http2.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn connector(&self) -> &Connector {
@@ -148,10 +170,10 @@ impl Upstreams {
         wire: Wire,
         request: Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamError> {
         match wire {
-            Wire::Http1 => self.send_http1((addr, peer), request, connect_timeout).await,
-            Wire::Http2 => self.send_http2((addr, peer), request, connect_timeout).await,
+            Wire::Http1 => Ok(self.send_http1((addr, peer), request, connect_timeout).await?.map(body::boxed)),
+            Wire::Http2 => self.http2_connection((addr, peer), connect_timeout).await?.send(request).await,
         }
     }
 
@@ -160,7 +182,7 @@ impl Upstreams {
         key: PoolKey,
         mut request: Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         let addr = key.0;
         let upgrading = request.headers().contains_key(http::header::UPGRADE);
         let idle = self.http1.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
@@ -175,20 +197,20 @@ impl Upstreams {
                     }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => request = unsent,
-                        None => return Err(UpstreamError::Reset(e.into_error())),
+                        None => return Err(UpstreamError::from_hyper(e.into_error())),
                     },
                 }
             }
         }
         let stream = self.connector.connect_mesh(addr, connect_timeout, key.1.as_deref(), Carried::Http1).await?;
         let (mut sender, connection) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Reset)?;
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::from_hyper)?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
             }
         });
-        let response = sender.send_request(request).await.map_err(UpstreamError::Reset)?;
+        let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
         if !upgrading {
             self.recycle(idle, sender);
         }
@@ -207,44 +229,25 @@ impl Upstreams {
         });
     }
 
-    async fn send_http2(
-        &self,
-        key: PoolKey,
-        request: Request<Body>,
-        connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let addr = key.0;
-        let peer = key.1.clone();
-        let slot = self.http2.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
-        let mut sender = {
-            // One connection per endpoint; concurrent first requests wait for the same connect.
-            let mut guard = slot.lock().await;
-            match guard.as_ref() {
-                Some(sender) if !sender.is_closed() => sender.clone(),
-                _ => {
-                    let stream =
-                        self.connector.connect_mesh(addr, connect_timeout, peer.as_deref(), Carried::Http2).await?;
-                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(20))
-                        .keep_alive_timeout(Duration::from_secs(10))
-                        .initial_stream_window_size(1 << 20)
-                        .initial_connection_window_size(4 << 20)
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(UpstreamError::Reset)?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-                        }
-                    });
-                    *guard = Some(sender.clone());
-                    sender
-                }
+    /// The live HTTP/2 connection to the endpoint, opened if there is none.
+    async fn http2_connection(&self, key: PoolKey, connect_timeout: Duration) -> Result<Http2Connection, UpstreamError> {
+        let connecting = {
+            let mut pool = self.http2_pool();
+            if let Some(live) = pool.get(&key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()) {
+                return Ok(live.clone());
             }
+            pool.entry(key.clone()).or_default().connecting.clone()
         };
-        sender.ready().await.map_err(UpstreamError::Reset)?;
-        sender.send_request(request).await.map_err(UpstreamError::Reset)
+        let _connecting = connecting.lock().await;
+        // Someone else may have connected while this request waited.
+        if let Some(live) = self.http2_pool().get(&key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()) {
+            return Ok(live.clone());
+        }
+        let (addr, peer) = &key;
+        let stream = self.connector.connect_mesh(*addr, connect_timeout, peer.as_deref(), Carried::Http2).await?;
+        let connection = Http2Connection::handshake(stream, *addr).await?;
+        self.http2_pool().entry(key).or_default().live = Some(connection.clone());
+        Ok(connection)
     }
 }
 

@@ -369,8 +369,10 @@ impl RunningConfig {
 
     /// A service by `NAME` or `NAME.NAMESPACE` (default namespace `default`).
     pub fn service_named(&self, reference: &str) -> Option<&Arc<ServiceConfig>> {
-        let id = if reference.contains('.') { reference.to_string() } else { service_id(reference, "default") };
-        self.service(&id)
+        if reference.contains('.') {
+            return self.service(reference);
+        }
+        self.service(&service_id(reference, "default"))
     }
 }
 

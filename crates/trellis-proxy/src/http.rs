@@ -111,7 +111,7 @@ static INBOUND: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("inbound"));
 
 /// The verified SPIFFE ID of the caller, set on requests to the application; a value sent
 /// by the client is always removed first.
-pub const PEER_IDENTITY_HEADER: &str = "x-trellis-peer-identity";
+pub const PEER_IDENTITY_HEADER: http::HeaderName = http::HeaderName::from_static("x-trellis-peer-identity");
 
 impl Handler {
     /// Inbound authorization — the policies' rules, then the external authorizer if one is
@@ -123,7 +123,7 @@ impl Handler {
         request: Request<Body>,
     ) -> Result<Request<Body>, ProxyError> {
         let (mut parts, body) = request.into_parts();
-        parts.headers.remove(PEER_IDENTITY_HEADER);
+        parts.headers.remove(&PEER_IDENTITY_HEADER);
         let source = self.connection.peer_identity.as_deref();
         let caller = source.map_or("plaintext", |s| &*s.uri);
         let metrics = &self.shared.runtime.metrics;
@@ -187,7 +187,7 @@ impl Handler {
                     Err(denied) => denied.into_response(grpc),
                     Ok(mut request) => {
                         // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
-                        let wire = request.headers().contains_key(ORIG_PROTO_HEADER).then_some(Wire::Http1);
+                        let wire = request.headers().contains_key(&ORIG_PROTO_HEADER).then_some(Wire::Http1);
                         request.extensions_mut().insert(ForwardTo { addr: *app, label: label.clone(), wire });
                         Next::new(&self.shared.inbound_chain).run(request).await
                     }
@@ -211,7 +211,7 @@ impl Handler {
                 // Most captured requests are found by address; the authority is only read when not.
                 let svc = config
                     .service_for_address(self.connection.target)
-                    .or_else(|| config.service_for_authority(&crate::routing::authority_of(&request)))
+                    .or_else(|| config.service_for_authority(crate::routing::authority_of(&request)))
                     .cloned();
                 match svc {
                     Some(svc) => self.to_service(&config, &svc, request, grpc).await,

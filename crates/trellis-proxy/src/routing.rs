@@ -97,7 +97,7 @@ impl RouteMatcher {
             return false;
         }
         if let Some(authority) = &self.authority
-            && !authority.matches(&authority_of(request))
+            && !authority.matches(authority_of(request))
         {
             return false;
         }
@@ -131,11 +131,11 @@ impl RouteMatcher {
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or else the Host header.
-pub fn authority_of<B>(request: &Request<B>) -> String {
+pub fn authority_of<B>(request: &Request<B>) -> &str {
     if let Some(a) = request.uri().authority() {
-        return a.as_str().to_string();
+        return a.as_str();
     }
-    request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("").to_string()
+    request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("")
 }
 
 /// Splits `host:port`, `[v6]:port` or a bare host.

@@ -11,6 +11,7 @@ use crate::chain::{BoxFuture, Element, Next};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::upstream::{UpstreamError, Upstreams, Wire};
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Marks an HTTP/1.x request carried over HTTP/2 between two Trellis proxies.
-pub const ORIG_PROTO_HEADER: &str = "x-trellis-orig-proto";
+pub const ORIG_PROTO_HEADER: header::HeaderName = header::HeaderName::from_static("x-trellis-orig-proto");
 
 /// Which upstream answered, for metrics and access logs.
 #[derive(Clone, Debug)]
@@ -142,21 +143,21 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 }
 
 /// Puts the request in the form `wire` needs: URI form, version, and headers that belong to
-/// one connection only.
+/// one connection only. The URI is assembled from its parsed parts, never re-parsed.
 fn prepare(request: &mut Request<Body>, wire: Wire, upgrading: bool) -> Result<(), String> {
-    let authority = crate::routing::authority_of(request);
-    let path_and_query = request.uri().path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let path_and_query = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     strip_hop_by_hop(request.headers_mut(), upgrading);
     match wire {
         Wire::Http1 => {
-            request.headers_mut().remove(ORIG_PROTO_HEADER);
+            request.headers_mut().remove(&ORIG_PROTO_HEADER);
             // HTTP/2's :authority becomes HTTP/1.1's Host.
-            if !request.headers().contains_key(header::HOST) && !authority.is_empty() {
-                request
-                    .headers_mut()
-                    .insert(header::HOST, HeaderValue::from_str(&authority).map_err(|e| e.to_string())?);
+            if !request.headers().contains_key(header::HOST)
+                && let Some(authority) = request.uri().authority().filter(|a| !a.as_str().is_empty())
+            {
+                let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+                request.headers_mut().insert(header::HOST, host);
             }
-            *request.uri_mut() = path_and_query.parse::<Uri>().map_err(|e| e.to_string())?;
+            *request.uri_mut() = Uri::from(path_and_query);
             *request.version_mut() = Version::HTTP_11;
         }
         Wire::Http2 => {
@@ -164,10 +165,18 @@ fn prepare(request: &mut Request<Body>, wire: Wire, upgrading: bool) -> Result<(
                 let original = if request.version() == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
                 request.headers_mut().insert(ORIG_PROTO_HEADER, HeaderValue::from_static(original));
             }
-            let authority = if authority.is_empty() { "localhost".to_string() } else { authority };
-            *request.uri_mut() = format!("http://{authority}{path_and_query}")
-                .parse::<Uri>()
-                .map_err(|e| format!("bad authority `{authority}`: {e}"))?;
+            let authority = match request.uri().authority() {
+                Some(authority) => authority.clone(),
+                None => match crate::routing::authority_of(request) {
+                    "" => Authority::from_static("localhost"),
+                    host => Authority::try_from(host).map_err(|e| format!("bad authority `{host}`: {e}"))?,
+                },
+            };
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(authority);
+            uri.path_and_query = Some(path_and_query);
+            *request.uri_mut() = Uri::from_parts(uri).map_err(|e| e.to_string())?;
             request.headers_mut().remove(header::HOST);
             *request.version_mut() = Version::HTTP_2;
         }

@@ -16,7 +16,7 @@ impl Redirect {
 
     fn location<B>(&self, request: &Request<B>) -> String {
         let authority = authority_of(request);
-        let (host, port) = split_host_port(&authority);
+        let (host, port) = split_host_port(authority);
         let (host, port) = (host.to_string(), port.map(str::to_string));
         let scheme = self.spec.scheme.clone().unwrap_or_else(|| "http".into());
         let host = self.spec.host.clone().unwrap_or(host);

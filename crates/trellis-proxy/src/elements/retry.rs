@@ -11,6 +11,7 @@ use crate::chain::{BoxFuture, Element, Next};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::metrics::Metrics;
 use http::{Request, Response};
+use http_body::Body as _;
 use rand::Rng;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -108,24 +109,33 @@ impl Element for Retry {
     fn call<'a>(&'a self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
         Box::pin(async move {
             self.budget.deposit();
-            let (parts, body) = request.into_parts();
-            let replay = Replay::new(body, REPLAY_LIMIT);
-            let tried = TriedEndpoints::default();
+            let (mut parts, body) = request.into_parts();
+            let grpc = is_grpc(&parts.headers);
+            parts.extensions.insert(TriedEndpoints::default());
+            // A body that is already over (most GETs) needs no replay buffer.
+            let replay = (!body.is_end_stream()).then(|| Replay::new(body, REPLAY_LIMIT));
+            let next_body = |replay: &Option<Replay>| match replay {
+                Some(replay) => replay.attempt(),
+                None => Some(crate::body::empty()),
+            };
             let mut attempt = 0;
-            let mut body = replay.attempt();
+            let mut body = next_body(&replay);
+            let mut parts = Some(parts);
             loop {
                 let Some(this_body) = body.take() else {
-                    return ProxyError::new(Reason::Internal, "request body unavailable")
-                        .into_response(is_grpc(&parts.headers));
+                    return ProxyError::new(Reason::Internal, "request body unavailable").into_response(grpc);
                 };
-                let mut request = Request::new(this_body);
-                *request.method_mut() = parts.method.clone();
-                *request.uri_mut() = parts.uri.clone();
-                *request.version_mut() = parts.version;
-                *request.headers_mut() = parts.headers.clone();
-                *request.extensions_mut() = parts.extensions.clone();
-                request.extensions_mut().insert(tried.clone());
-                let mut response = self.attempt(request, next).await;
+                // The last attempt takes the request head; earlier ones send a copy.
+                let head = match parts.take() {
+                    Some(head) if attempt + 1 < self.attempts => {
+                        let copy = copy_head(&head);
+                        parts = Some(head);
+                        copy
+                    }
+                    Some(head) => head,
+                    None => return ProxyError::new(Reason::Internal, "request head unavailable").into_response(grpc),
+                };
+                let mut response = self.attempt(Request::from_parts(head, this_body), next).await;
                 attempt += 1;
                 response.extensions_mut().insert(Attempts(attempt));
                 if attempt >= self.attempts || !self.retryable(&response) {
@@ -136,7 +146,7 @@ impl Element for Retry {
                     return response;
                 }
                 // The body is gone for good once it outgrew the buffer.
-                body = replay.attempt();
+                body = next_body(&replay);
                 if body.is_none() {
                     return response;
                 }
@@ -146,6 +156,17 @@ impl Element for Retry {
             }
         })
     }
+}
+
+/// A copy of a request head for one attempt (`Parts` is not `Clone`).
+fn copy_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    *request.extensions_mut() = head.extensions.clone();
+    request.into_parts().0
 }
 
 /// Retries allowed over a sliding 10-second window: `ratio` of requests plus

@@ -27,7 +27,7 @@ impl Element for Timeout {
 
     fn call<'a>(&'a self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
         let grpc = is_grpc(request.headers());
-        let upstream = request.extensions().get::<SelectedBackend>().map(|b| b.0.label.to_string());
+        let backend = request.extensions().get::<SelectedBackend>().map(|b| b.0.clone());
         Box::pin(async move {
             match tokio::time::timeout(self.limit, next.run(request)).await {
                 Ok(response) => response,
@@ -36,7 +36,7 @@ impl Element for Timeout {
                         Reason::RequestTimeout,
                         format!("no response within the route timeout of {:?}", self.limit),
                     );
-                    error.upstream = upstream;
+                    error.upstream = backend.map(|b| b.label.to_string());
                     error.into_response(grpc)
                 }
             }

@@ -207,7 +207,8 @@ impl Report {
             "{} {} at {} for {}s (warm-up {}s excluded), {} {} connection(s), {} thread(s)\n",
             self.method,
             self.url,
-            self.target_rate.map_or("the most the connections allow (closed loop)".to_string(), |r| format!("{r} req/s")),
+            self.target_rate
+                .map_or("the most the connections allow (closed loop)".to_string(), |r| format!("{r} req/s")),
             self.duration_s,
             self.warmup_s,
             self.connections,

@@ -69,7 +69,10 @@ fn closed_loop_counts_every_answer_of_its_window() {
         assert_eq!(report["intended"].as_u64(), Some(ok), "{report:#}");
         assert!(report["achieved_rate"].as_f64().unwrap() > 0.0, "{report:#}");
     }
-    let out = Command::new(cargo_bin("trellis-bench")).args(["--url", "http://127.0.0.1:1/", "--rate", "fast"]).output().unwrap();
+    let out = Command::new(cargo_bin("trellis-bench"))
+        .args(["--url", "http://127.0.0.1:1/", "--rate", "fast"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("use a positive number of requests per second, or max"));
 }

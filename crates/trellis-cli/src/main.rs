@@ -571,4 +571,3 @@ async fn run_control(args: ControlArgs) -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
-

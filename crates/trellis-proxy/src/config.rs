@@ -343,14 +343,7 @@ impl RunningConfig {
             matcher: RouteMatcher::any(),
             chain: elements::compile_route(&spec, &Default::default(), "default", &mut backends)?,
         };
-        Ok(ServiceConfig {
-            label: Arc::from(id.as_str()),
-            id,
-            spec: spec.into_owned(),
-            routes,
-            default_route,
-            all,
-        })
+        Ok(ServiceConfig { label: Arc::from(id.as_str()), id, spec: spec.into_owned(), routes, default_route, all })
     }
 
     /// The service a connection to `target` is meant for: by virtual IP, or by an endpoint

@@ -242,8 +242,10 @@ impl Proxy {
             telemetry,
         });
         let documents = Arc::new(documents);
-        let running =
-            RunningConfig::compile(config::Documents { file: documents.clone(), pushed: Default::default() }, &runtime)?;
+        let running = RunningConfig::compile(
+            config::Documents { file: documents.clone(), pushed: Default::default() },
+            &runtime,
+        )?;
         metrics.config_version(&running.version);
         let (drain, _) = watch::channel(false);
         let shared = Arc::new(Shared {

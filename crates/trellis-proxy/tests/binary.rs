@@ -57,7 +57,9 @@ fn serves_a_large_static_configuration_with_the_workers_asked_for() {
     );
     // 300 more services the proxy never talks to.
     for s in 0..300 {
-        yaml += &format!("---\nkind: Service\nname: svc-{s}\nroutes: [{{name: api, match: {{path: {{prefix: /api/}}}}}}]\n");
+        yaml += &format!(
+            "---\nkind: Service\nname: svc-{s}\nroutes: [{{name: api, match: {{path: {{prefix: /api/}}}}}}]\n"
+        );
         yaml += &format!("---\nkind: Endpoints\nservice: svc-{s}\nendpoints: [");
         for e in 0..10 {
             yaml += &format!("{}{{address: '10.0.{}.{}:8080'}}", if e > 0 { ", " } else { "" }, s % 250, e + 1);

@@ -231,3 +231,69 @@ fn declared_http_ports_wait_for_a_slow_first_request() {
         proxy.metrics()
     );
 }
+
+/// A minimal HTTP/1.1 keep-alive server that counts the connections it accepts.
+fn counting_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buffer.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn upstream_connections_are_reused_on_both_hops() {
+    let (backend, accepted) = counting_backend();
+    let (server_proxy, inbound) = inbound_proxy(backend);
+    let listen = free_port();
+    let _client_proxy = TestProxy::start(&format!(
+        "kind: Proxy\nadmin: '{{admin}}'\nexplicit: [{{listen: '127.0.0.1:{listen}', service: web}}]\n---\nkind: Service\nname: web\n---\nkind: Endpoints\nservice: web\nendpoints: [{{address: '{inbound}', meshed: true}}]\n"
+    ));
+    // 30 requests one after another, each on a new client connection, then 3 rounds of 8 at once.
+    for i in 0..30 {
+        let (body, _) = curl(&[&format!("http://127.0.0.1:{listen}/seq/{i}")]);
+        assert_eq!(body, "ok");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sequential requests did not reuse the backend connection"
+    );
+    for _ in 0..3 {
+        let urls: Vec<String> = (0..8).map(|i| format!("http://127.0.0.1:{listen}/par/{i}")).collect();
+        let mut args = vec!["--parallel", "--parallel-immediate", "--parallel-max", "8"];
+        args.extend(urls.iter().map(String::as_str));
+        let (body, _) = curl(&args);
+        assert_eq!(body, "ok".repeat(8));
+    }
+    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=9).contains(&opened), "54 requests, at most 8 at a time, opened {opened} backend connections");
+    // Between the proxies: one multiplexed HTTP/2 connection carried all of them.
+    let h2 =
+        server_proxy.metric_sum("trellis_protocol_detections_total", &["direction=\"inbound\"", "outcome=\"http2\""]);
+    assert_eq!(h2, 1.0, "{}", server_proxy.metrics());
+}

@@ -119,7 +119,9 @@ pub async fn send(
                 UpstreamError::ConnectTimeout(_) => Reason::ConnectTimeout,
                 // The request body we were streaming failed: the client's input was bad
                 // (e.g. an invalid chunk size) or cut off, not the upstream's fault.
-                UpstreamError::RequestBody(_) => return ProxyError::new(Reason::BadRequest, e.to_string()).into_response(grpc),
+                UpstreamError::RequestBody(_) => {
+                    return ProxyError::new(Reason::BadRequest, e.to_string()).into_response(grpc);
+                }
                 UpstreamError::Reset(_) => Reason::UpstreamReset,
                 UpstreamError::Tls(_) => Reason::UpstreamTls,
                 UpstreamError::NoIdentity => Reason::NoIdentity,

@@ -370,9 +370,12 @@ mod tests {
         };
         stats.cell(&key("r")).record(&ok);
         stats.cell(&key("r")).record(&ok);
-        stats
-            .cell(&key("r"))
-            .record(&Outcome { status: 200, grpc_status: Some(14), latency: Duration::from_secs(20), ..ok });
+        stats.cell(&key("r")).record(&Outcome {
+            status: 200,
+            grpc_status: Some(14),
+            latency: Duration::from_secs(20),
+            ..ok
+        });
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.len(), 1);
         let counts = &snapshot[0].1;

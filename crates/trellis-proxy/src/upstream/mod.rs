@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Idle HTTP/1.1 connections kept per endpoint.
-const MAX_IDLE_PER_ENDPOINT: usize = 64;
-/// An idle HTTP/1.1 connection older than this is closed rather than reused.
+/// HTTP/1.1 connections kept per endpoint (idle, or still reading a response body).
+const MAX_POOLED_PER_ENDPOINT: usize = 64;
+/// An HTTP/1.1 connection idle for longer than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,7 +126,7 @@ impl UpstreamError {
 /// All upstream connections of one proxy.
 pub struct Upstreams {
     connector: Connector,
-    http1: Mutex<PoolMap<Arc<Mutex<Vec<IdleConnection>>>>>,
+    http1: Mutex<PoolMap<Arc<Mutex<Vec<PooledConnection>>>>>,
     http2: Mutex<PoolMap<Http2Slot>>,
 }
 
@@ -143,8 +143,12 @@ struct Http2Slot {
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
-struct IdleConnection {
+/// An HTTP/1.1 connection in the pool. It goes back as soon as its response head arrived,
+/// and is taken again once hyper says it is ready (the body was read to the end), so that
+/// reuse needs no task per request to wait for that moment.
+struct PooledConnection {
     sender: http1::SendRequest<Body>,
+    /// When it was last seen busy or put back.
     since: Instant,
 }
 
@@ -189,10 +193,10 @@ impl Upstreams {
         // Reuse a pooled connection if one is alive; a request the pool could not even start
         // on a stale connection is moved to a fresh one.
         if !upgrading {
-            while let Some(mut sender) = take_idle(&idle) {
+            while let Some(mut sender) = take_ready(&idle) {
                 match sender.try_send_request(request).await {
                     Ok(response) => {
-                        self.recycle(idle, sender);
+                        put_back(&idle, sender);
                         return Ok(response);
                     }
                     Err(mut e) => match e.take_message() {
@@ -212,25 +216,17 @@ impl Upstreams {
         });
         let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
         if !upgrading {
-            self.recycle(idle, sender);
+            put_back(&idle, sender);
         }
         Ok(response)
     }
 
-    /// Returns the connection to the pool once the response body has been read.
-    fn recycle(&self, idle: Arc<Mutex<Vec<IdleConnection>>>, mut sender: http1::SendRequest<Body>) {
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < MAX_IDLE_PER_ENDPOINT {
-                    idle.push(IdleConnection { sender, since: Instant::now() });
-                }
-            }
-        });
-    }
-
     /// The live HTTP/2 connection to the endpoint, opened if there is none.
-    async fn http2_connection(&self, key: PoolKey, connect_timeout: Duration) -> Result<Http2Connection, UpstreamError> {
+    async fn http2_connection(
+        &self,
+        key: PoolKey,
+        connect_timeout: Duration,
+    ) -> Result<Http2Connection, UpstreamError> {
         let connecting = {
             let mut pool = self.http2_pool();
             if let Some(live) = pool.get(&key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()) {
@@ -251,12 +247,31 @@ impl Upstreams {
     }
 }
 
-fn take_idle(idle: &Mutex<Vec<IdleConnection>>) -> Option<http1::SendRequest<Body>> {
-    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-    while let Some(connection) = idle.pop() {
-        if connection.since.elapsed() < IDLE_TIMEOUT && connection.sender.is_ready() {
-            return Some(connection.sender);
+/// A pooled connection ready for a request (the newest first), dropping closed ones and
+/// those idle for too long; busy ones stay.
+fn take_ready(pool: &Mutex<Vec<PooledConnection>>) -> Option<http1::SendRequest<Body>> {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let mut i = pool.len();
+    while i > 0 {
+        i -= 1;
+        let connection = &mut pool[i];
+        if connection.sender.is_closed() {
+            pool.swap_remove(i);
+        } else if !connection.sender.is_ready() {
+            connection.since = now;
+        } else if now.duration_since(connection.since) >= IDLE_TIMEOUT {
+            pool.swap_remove(i);
+        } else {
+            return Some(pool.swap_remove(i).sender);
         }
     }
     None
+}
+
+fn put_back(pool: &Mutex<Vec<PooledConnection>>, sender: http1::SendRequest<Body>) {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < MAX_POOLED_PER_ENDPOINT {
+        pool.push(PooledConnection { sender, since: Instant::now() });
+    }
 }

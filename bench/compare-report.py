@@ -369,7 +369,9 @@ if total and profile and profile.get("ok"):
     _, inclusive = annotate("profile.inclusive")
     wanted = [("request handling (service, route, chain, response)", "trellis_proxy::http::Handler::handle"),
               ("the element chain (its first element, down to forwarding)", "trellis_proxy::elements::"),
-              ("the upstream HTTP/2 connection (h2 via hyper)", "hyper::proto::h2::client::H2ClientFuture"),
+              ("the upstream HTTP/2 connection task (h2)", "trellis_proxy::upstream::http2::Http2Connection::handshake"),
+              ("the inbound HTTP/2 connection (h2 via hyper)", "hyper::proto::h2::server::"),
+              ("the upstream HTTP/1.1 connection task (hyper)", "trellis_proxy::upstream::Upstreams::send_http1"),
               ("TLS record decryption (rustls)", "rustls::record_layer"),
               ("telemetry (recording a finished request)", "trellis_proxy::telemetry")]
     L += ["", "Inclusive cost of some subsystems (the largest function of each prefix, so nested calls are not "

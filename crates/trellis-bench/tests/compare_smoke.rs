@@ -41,6 +41,7 @@ fn compare_suite_runs_end_to_end_in_smoke_mode() {
         "## Memory (RSS",
         "## Profile: the Trellis mTLS client-side proxy",
         "instructions per request",
+        "| the upstream HTTP/2 connection task (h2) |",
     ] {
         assert!(report.contains(section), "no {section:?} in the report:\n{report}");
     }

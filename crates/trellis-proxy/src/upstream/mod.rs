@@ -206,19 +206,31 @@ impl Upstreams {
                 }
             }
         }
-        let stream = self.connector.connect_mesh(addr, connect_timeout, key.1.as_deref(), Carried::Http1).await?;
-        let (mut sender, connection) =
+        // Boxed: connecting (TLS included) is the rare path, and inline its state would make
+        // every request's future, which is moved and copied, several kilobytes larger.
+        let mut sender = Box::pin(self.open_http1(addr, key.1.as_deref(), connect_timeout)).await?;
+        let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
+        if !upgrading {
+            put_back(&idle, sender);
+        }
+        Ok(response)
+    }
+
+    async fn open_http1(
+        &self,
+        addr: SocketAddr,
+        peer: Option<&str>,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let stream = self.connector.connect_mesh(addr, connect_timeout, peer, Carried::Http1).await?;
+        let (sender, connection) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::from_hyper)?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
             }
         });
-        let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
-        if !upgrading {
-            put_back(&idle, sender);
-        }
-        Ok(response)
+        Ok(sender)
     }
 
     /// The live HTTP/2 connection to the endpoint, opened if there is none.
@@ -227,13 +239,15 @@ impl Upstreams {
         key: PoolKey,
         connect_timeout: Duration,
     ) -> Result<Http2Connection, UpstreamError> {
-        let connecting = {
-            let mut pool = self.http2_pool();
-            if let Some(live) = pool.get(&key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()) {
-                return Ok(live.clone());
-            }
-            pool.entry(key.clone()).or_default().connecting.clone()
-        };
+        if let Some(live) = self.http2_pool().get(&key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()) {
+            return Ok(live.clone());
+        }
+        // Boxed, as for HTTP/1.1: the rare path stays out of every request's future.
+        Box::pin(self.open_http2(key, connect_timeout)).await
+    }
+
+    async fn open_http2(&self, key: PoolKey, connect_timeout: Duration) -> Result<Http2Connection, UpstreamError> {
+        let connecting = self.http2_pool().entry(key.clone()).or_default().connecting.clone();
         let _connecting = connecting.lock().await;
         // Someone else may have connected while this request waited.
         if let Some(live) = self.http2_pool().get(&key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()) {

@@ -15,6 +15,7 @@ use crate::telemetry::stats::{ConnectionStats, StatsKey};
 use crate::telemetry::{Observation, Outcome};
 use crate::upstream::Wire;
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
@@ -180,7 +181,9 @@ impl Handler {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let config = self.shared.config();
         let telemetry = &self.shared.runtime.telemetry;
-        let mut request = request.map(body::boxed);
+        // Most requests (GET, HEAD) end with their headers: their empty body needs no box.
+        let mut request =
+            request.map(|incoming| if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) });
         request.extensions_mut().insert(self.connection.clone());
         let grpc = is_grpc(request.headers());
         let head = request.method() == http::Method::HEAD;

@@ -10,6 +10,8 @@ use crate::body::Body;
 use crate::chain::{BoxFuture, Element, Next};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::upstream::{UpstreamError, Upstreams, Wire};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
@@ -53,24 +55,26 @@ impl Element for Forward {
         "forward"
     }
 
+    // The destination is settled before the future is made, so the boxed future is `send`'s
+    // own, not one more layer holding the request around it.
     fn call<'a>(&'a self, request: Request<Body>, _next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
-        Box::pin(async move {
-            let grpc = is_grpc(request.headers());
-            if let Some(to) = request.extensions().get::<ForwardTo>().cloned() {
-                let wire = to.wire.unwrap_or_else(|| natural_wire(&request));
-                return send(&self.upstreams, to.addr, None, &to.label, wire, Duration::from_secs(1), request).await;
-            }
-            let (Some(SelectedTarget(target)), Some(SelectedBackend(backend))) = (
-                request.extensions().get::<SelectedTarget>().cloned(),
-                request.extensions().get::<SelectedBackend>().cloned(),
-            ) else {
-                return ProxyError::new(Reason::Internal, "forward without a chosen endpoint").into_response(grpc);
-            };
-            let upgrading = request.headers().contains_key(header::UPGRADE);
-            let wire = if target.meshed && !upgrading { Wire::Http2 } else { natural_wire(&request) };
-            let peer = target.identity.clone();
-            send(&self.upstreams, target.addr, peer, &backend.label, wire, backend.connect_timeout, request).await
-        })
+        if let Some(to) = request.extensions().get::<ForwardTo>() {
+            let wire = to.wire.unwrap_or_else(|| natural_wire(&request));
+            let (addr, label) = (to.addr, to.label.clone());
+            return Box::pin(send(&self.upstreams, addr, None, label, wire, Duration::from_secs(1), request));
+        }
+        let (Some(SelectedTarget(target)), Some(SelectedBackend(backend))) =
+            (request.extensions().get::<SelectedTarget>(), request.extensions().get::<SelectedBackend>())
+        else {
+            let error = ProxyError::new(Reason::Internal, "forward without a chosen endpoint");
+            let response = error.into_response(is_grpc(request.headers()));
+            return Box::pin(std::future::ready(response));
+        };
+        let upgrading = request.headers().contains_key(header::UPGRADE);
+        let wire = if target.meshed && !upgrading { Wire::Http2 } else { natural_wire(&request) };
+        let (addr, peer, label, timeout) =
+            (target.addr, target.identity.clone(), backend.label.clone(), backend.connect_timeout);
+        Box::pin(send(&self.upstreams, addr, peer, label, wire, timeout, request))
     }
 }
 
@@ -85,22 +89,41 @@ fn natural_wire<B>(request: &Request<B>) -> Wire {
 
 /// Sends `request` to `addr` over `wire` and returns the upstream's response, or the
 /// proxy's own error response.
-pub async fn send(
-    upstreams: &Upstreams,
+///
+/// The request is prepared before the future is made, which then holds the upstream's
+/// future and not the request beside it: every request's future is moved and copied.
+pub fn send<'u>(
+    upstreams: &'u Upstreams,
     addr: SocketAddr,
     peer: crate::upstream::PeerIdentity,
-    label: &Arc<str>,
+    label: Arc<str>,
     wire: Wire,
     connect_timeout: Duration,
     mut request: Request<Body>,
-) -> Response<Body> {
+) -> impl Future<Output = Response<Body>> + Send + 'u {
     let grpc = is_grpc(request.headers());
     let client_upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let upgrading = client_upgrade.is_some() && request.headers().contains_key(header::UPGRADE);
     if let Err(e) = prepare(&mut request, wire, upgrading) {
-        return ProxyError::new(Reason::BadRequest, e).upstream(label).into_response(grpc);
+        let response = ProxyError::new(Reason::BadRequest, e).upstream(&label).into_response(grpc);
+        return Either::Left(std::future::ready(response));
     }
-    match upstreams.send(addr, peer.clone(), wire, request, connect_timeout).await {
+    let upstream = upstreams.send(addr, peer.clone(), wire, request, connect_timeout);
+    // A combinator, not an async block: that would hold the upstream's future twice (the
+    // captured one and the one being awaited).
+    Either::Right(upstream.map(move |result| answer(result, client_upgrade, label, addr, peer, grpc)))
+}
+
+/// The upstream's response, made ready for the client, or the proxy's answer for a failure.
+fn answer(
+    result: Result<Response<Body>, UpstreamError>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    label: Arc<str>,
+    addr: SocketAddr,
+    peer: crate::upstream::PeerIdentity,
+    grpc: bool,
+) -> Response<Body> {
+    match result {
         Ok(mut response) => {
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS
                 && let Some(client_upgrade) = client_upgrade
@@ -110,7 +133,7 @@ pub async fn send(
             }
             let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
             strip_hop_by_hop(response.headers_mut(), switching);
-            response.extensions_mut().insert(UpstreamLabel { backend: label.clone(), endpoint: addr, identity: peer });
+            response.extensions_mut().insert(UpstreamLabel { backend: label, endpoint: addr, identity: peer });
             response
         }
         Err(e) => {
@@ -126,7 +149,7 @@ pub async fn send(
                 UpstreamError::Tls(_) => Reason::UpstreamTls,
                 UpstreamError::NoIdentity => Reason::NoIdentity,
             };
-            ProxyError::new(reason, e.to_string()).upstream(label).endpoint(addr).into_response(grpc)
+            ProxyError::new(reason, e.to_string()).upstream(&label).endpoint(addr).into_response(grpc)
         }
     }
 }

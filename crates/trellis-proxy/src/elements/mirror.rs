@@ -93,7 +93,7 @@ impl Element for Mirror {
                         &upstreams,
                         target.addr,
                         target.identity.clone(),
-                        &backend.label,
+                        backend.label.clone(),
                         wire,
                         backend.connect_timeout,
                         copy,

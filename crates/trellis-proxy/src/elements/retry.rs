@@ -88,16 +88,18 @@ impl Retry {
         Duration::from_nanos(if nanos == 0 { 0 } else { rand::rng().random_range(0..=nanos) })
     }
 
-    async fn attempt(&self, request: Request<Body>, next: Next<'_>) -> Response<Body> {
+    /// One attempt: the rest of the chain, bounded by the per-try timeout if there is one.
+    /// Without one it is the chain's own future, so the retry's state holds no timer.
+    fn attempt<'a>(&self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
+        let Some(limit) = self.per_try_timeout else { return next.run(request) };
         let grpc = is_grpc(request.headers());
-        match self.per_try_timeout {
-            None => next.run(request).await,
-            Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
+        Box::pin(async move {
+            match tokio::time::timeout(limit, next.run(request)).await {
                 Ok(response) => response,
                 Err(_) => ProxyError::new(Reason::PerTryTimeout, format!("attempt got no response within {limit:?}"))
                     .into_response(grpc),
-            },
-        }
+            }
+        })
     }
 }
 
@@ -152,7 +154,8 @@ impl Element for Retry {
                 }
                 self.metrics.retry(&self.labels.0, &self.labels.1);
                 drop(response);
-                tokio::time::sleep(self.backoff(attempt - 1)).await;
+                // Boxed: a timer is a few hundred bytes that most requests never need.
+                Box::pin(tokio::time::sleep(self.backoff(attempt - 1))).await;
             }
         })
     }

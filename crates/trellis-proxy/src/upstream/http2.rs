@@ -68,8 +68,8 @@ impl Http2Connection {
 
     /// Sends `request` (its URI carrying scheme and authority) on a new stream and returns the
     /// response head, its body streaming from the connection.
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        let mut sender = self.sender.clone().ready().await.map_err(reset)?;
+    pub async fn send(self, request: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        let mut sender = self.sender.ready().await.map_err(reset)?;
         let (mut head, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
         if !end_of_stream

@@ -9,10 +9,13 @@ mod http2;
 
 use crate::body::{self, Body, BoxError};
 use crate::identity::{Carried, Identity};
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{Request, Response};
 use http2::Http2Connection;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -167,17 +170,30 @@ impl Upstreams {
 
     /// Sends a request to `addr`. For HTTP/1 the request URI must be in origin form; for
     /// HTTP/2 it must carry scheme and authority.
-    pub async fn send(
+    ///
+    /// The way is chosen before the future is made, so that it is only the chosen way's:
+    /// one future per layer, each holding its own copy of the request, would add up.
+    pub fn send(
         &self,
         addr: SocketAddr,
         peer: PeerIdentity,
         wire: Wire,
         request: Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> + Send + '_ {
+        let key = (addr, peer);
         match wire {
-            Wire::Http1 => Ok(self.send_http1((addr, peer), request, connect_timeout).await?.map(body::boxed)),
-            Wire::Http2 => self.http2_connection((addr, peer), connect_timeout).await?.send(request).await,
+            Wire::Http1 => {
+                let sent = self.send_http1(key, request, connect_timeout);
+                Either::Left(sent.map(|sent| Ok(sent?.map(body::boxed))))
+            }
+            Wire::Http2 => match self.live_http2(&key) {
+                Some(connection) => Either::Right(Either::Left(connection.send(request))),
+                // Boxed: connecting is the rare path.
+                None => Either::Right(Either::Right(Box::pin(async move {
+                    self.open_http2(key, connect_timeout).await?.send(request).await
+                }))),
+            },
         }
     }
 
@@ -233,19 +249,12 @@ impl Upstreams {
         Ok(sender)
     }
 
-    /// The live HTTP/2 connection to the endpoint, opened if there is none.
-    async fn http2_connection(
-        &self,
-        key: PoolKey,
-        connect_timeout: Duration,
-    ) -> Result<Http2Connection, UpstreamError> {
-        if let Some(live) = self.http2_pool().get(&key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()) {
-            return Ok(live.clone());
-        }
-        // Boxed, as for HTTP/1.1: the rare path stays out of every request's future.
-        Box::pin(self.open_http2(key, connect_timeout)).await
+    /// The live HTTP/2 connection to the endpoint, if there is one.
+    fn live_http2(&self, key: &PoolKey) -> Option<Http2Connection> {
+        self.http2_pool().get(key).and_then(|slot| slot.live.as_ref()).filter(|c| !c.is_closed()).cloned()
     }
 
+    /// Opens the HTTP/2 connection to the endpoint, or waits for the one being opened.
     async fn open_http2(&self, key: PoolKey, connect_timeout: Duration) -> Result<Http2Connection, UpstreamError> {
         let connecting = self.http2_pool().entry(key.clone()).or_default().connecting.clone();
         let _connecting = connecting.lock().await;

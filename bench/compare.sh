@@ -3,7 +3,7 @@
 # proxies of each system: Trellis (plain and mutual TLS), Envoy 1.40 (plain and mutual TLS)
 # and HAProxy (plain).
 #
-#   bench/compare.sh            # the full run (about 16 minutes on 2 cores)
+#   bench/compare.sh            # the full run (about 13 minutes on 2 cores)
 #   SMOKE=1 bench/compare.sh    # every phase for a second or two: checks that it works
 #
 # Every proxied path is two hops: generator → client-side proxy → server-side proxy →

@@ -333,6 +333,13 @@ impl Proxy {
     }
 }
 
+/// Reloads the configuration file on a blocking-pool thread: parsing and compiling a large
+/// configuration must not stall the requests of a single-threaded runtime meanwhile.
+pub(crate) async fn reload_off_the_request_path(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+}
+
 /// Reloads when the configuration file changes (checked every second).
 async fn watch_file(shared: Arc<Shared>) {
     let stamp = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -346,7 +353,7 @@ async fn watch_file(shared: Arc<Shared>) {
         let now = stamp(&shared.source);
         if now != last {
             last = now;
-            let _ = shared.reload();
+            reload_off_the_request_path(&shared).await;
         }
     }
 }

@@ -36,7 +36,7 @@ pub async fn serve_until_signalled(config: PathBuf) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => { let _ = proxy.shared().reload(); }
+            _ = hangup.recv() => crate::reload_off_the_request_path(proxy.shared()).await,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }

@@ -120,27 +120,22 @@ impl Element for Retry {
                 Some(replay) => replay.attempt(),
                 None => Some(crate::body::empty()),
             };
+            // A new replay buffer always has the body for its first attempt.
+            let Some(mut body) = next_body(&replay) else {
+                return ProxyError::new(Reason::Internal, "request body unavailable").into_response(grpc);
+            };
             let mut attempt = 0;
-            let mut body = next_body(&replay);
-            let mut parts = Some(parts);
             loop {
-                let Some(this_body) = body.take() else {
-                    return ProxyError::new(Reason::Internal, "request body unavailable").into_response(grpc);
-                };
-                // The last attempt takes the request head; earlier ones send a copy.
-                let head = match parts.take() {
-                    Some(head) if attempt + 1 < self.attempts => {
-                        let copy = copy_head(&head);
-                        parts = Some(head);
-                        copy
-                    }
-                    Some(head) => head,
-                    None => return ProxyError::new(Reason::Internal, "request head unavailable").into_response(grpc),
-                };
-                let mut response = self.attempt(Request::from_parts(head, this_body), next).await;
                 attempt += 1;
+                if attempt >= self.attempts {
+                    // The last attempt takes the request head; earlier ones send a copy.
+                    let mut response = self.attempt(Request::from_parts(parts, body), next).await;
+                    response.extensions_mut().insert(Attempts(attempt));
+                    return response;
+                }
+                let mut response = self.attempt(Request::from_parts(copy_head(&parts), body), next).await;
                 response.extensions_mut().insert(Attempts(attempt));
-                if attempt >= self.attempts || !self.retryable(&response) {
+                if !self.retryable(&response) {
                     return response;
                 }
                 if !self.budget.withdraw() {
@@ -148,10 +143,8 @@ impl Element for Retry {
                     return response;
                 }
                 // The body is gone for good once it outgrew the buffer.
-                body = next_body(&replay);
-                if body.is_none() {
-                    return response;
-                }
+                let Some(again) = next_body(&replay) else { return response };
+                body = again;
                 self.metrics.retry(&self.labels.0, &self.labels.1);
                 drop(response);
                 // Boxed: a timer is a few hundred bytes that most requests never need.

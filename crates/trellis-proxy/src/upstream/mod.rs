@@ -205,7 +205,13 @@ impl Upstreams {
     ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         let addr = key.0;
         let upgrading = request.headers().contains_key(http::header::UPGRADE);
-        let idle = self.http1.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        let idle = {
+            let mut pools = self.http1.lock().unwrap_or_else(|e| e.into_inner());
+            match pools.get(&key) {
+                Some(pool) => pool.clone(),
+                None => pools.entry(key.clone()).or_default().clone(),
+            }
+        };
         // Reuse a pooled connection if one is alive; a request the pool could not even start
         // on a stale connection is moved to a fresh one.
         if !upgrading {
@@ -270,8 +276,8 @@ impl Upstreams {
     }
 }
 
-/// A pooled connection ready for a request (the newest first), dropping closed ones and
-/// those idle for too long; busy ones stay.
+/// A pooled connection ready for a request, dropping closed ones and those idle for too
+/// long; busy ones stay.
 fn take_ready(pool: &Mutex<Vec<PooledConnection>>) -> Option<http1::SendRequest<Body>> {
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();

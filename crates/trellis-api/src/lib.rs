@@ -52,8 +52,10 @@ use serde::Serialize;
 pub enum Resource {
     Service(Service),
     Endpoints(Endpoints),
+    /// Boxed: a proxy's settings are several times the size of any other document, and a
+    /// large configuration holds thousands of the others.
     #[serde(rename = "Proxy")]
-    Proxy(ProxySettings),
+    Proxy(Box<ProxySettings>),
     Policy(Policy),
     Tenant(Tenant),
     Telemetry(Telemetry),

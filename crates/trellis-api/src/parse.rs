@@ -53,7 +53,7 @@ pub fn parse_documents_in(text: &str, file: &str, context: &[Resource]) -> Resul
             }
             Ok(Some(Kind::Service)) => typed::<Service>(document, file).map(Resource::Service),
             Ok(Some(Kind::Endpoints)) => typed::<Endpoints>(document, file).map(Resource::Endpoints),
-            Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(Resource::Proxy),
+            Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(|p| Resource::Proxy(Box::new(p))),
             Ok(Some(Kind::Policy)) => typed::<crate::Policy>(document, file).map(Resource::Policy),
             Ok(Some(Kind::Tenant)) => typed::<crate::Tenant>(document, file).map(Resource::Tenant),
             Ok(Some(Kind::Telemetry)) => typed::<crate::Telemetry>(document, file).map(Resource::Telemetry),

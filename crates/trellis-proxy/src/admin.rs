@@ -67,7 +67,7 @@ fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 "control": shared.control_status.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()),
                 "resources": config.documents().iter().collect::<Vec<_>>(),
                 "routes": config.describe_services().iter().map(|s| serde_json::json!({
-                    "service": s.id,
+                    "service": &*s.id,
                     "routes": s.routes.iter().chain(std::iter::once(&s.default_route)).map(|r| serde_json::json!({
                         "name": &*r.name,
                         "chain": r.chain.iter().map(|e| e.name()).collect::<Vec<_>>(),

@@ -94,7 +94,7 @@ impl CompiledRule {
         if self.has_from() {
             let Some(source) = facts.source else { return false };
             let by_identity = self.identities.iter().any(|p| p.matches(&source.uri));
-            let by_namespace = self.namespaces.iter().any(|ns| *ns == source.id.namespace);
+            let by_namespace = self.namespaces.contains(&source.id.namespace);
             let by_tenant = source_tenant.is_some_and(|t| self.tenants.iter().any(|want| want == t));
             if !by_identity && !by_namespace && !by_tenant {
                 return false;

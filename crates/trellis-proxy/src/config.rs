@@ -18,11 +18,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use trellis_api::{Endpoints, ProxySettings, Resource, Service};
 
-/// `NAME.NAMESPACE`.
-pub type ServiceId = String;
+/// `NAME.NAMESPACE`. Shared, not copied: every endpoint address, virtual IP and host name
+/// of a large configuration maps to its service's id.
+pub type ServiceId = Arc<str>;
 
 pub fn service_id(name: &str, namespace: &str) -> ServiceId {
-    format!("{name}.{namespace}")
+    Arc::from(format!("{name}.{namespace}"))
 }
 
 /// Load statistics per endpoint address, shared by every configuration version.
@@ -81,7 +82,8 @@ pub struct RunningConfig {
 #[derive(Clone, Default)]
 pub struct Documents {
     pub file: Arc<Vec<Resource>>,
-    pub pushed: Arc<Vec<Resource>>,
+    /// Held by the control client too: one parsed copy of each.
+    pub pushed: Arc<Vec<Arc<Resource>>>,
 }
 
 impl Documents {
@@ -99,7 +101,7 @@ impl Documents {
             .iter()
             .enumerate()
             .filter(move |(_, d)| !pushed_keys.contains(&d.key()))
-            .chain(self.pushed.iter().enumerate().map(move |(i, d)| (i + file_len, d)))
+            .chain(self.pushed.iter().enumerate().map(move |(i, d)| (i + file_len, &**d)))
     }
 }
 
@@ -223,7 +225,7 @@ impl RunningConfig {
         let mut slots: HashMap<ServiceId, ServiceSlot> = HashMap::new();
         for &(at, doc) in &in_force {
             match doc {
-                Resource::Proxy(p) => settings = p.clone(),
+                Resource::Proxy(p) => settings = (**p).clone(),
                 Resource::Policy(p) => policies.push(p),
                 Resource::Tenant(t) => tenants.push(t),
                 Resource::Telemetry(_) => {}
@@ -275,7 +277,7 @@ impl RunningConfig {
         )?);
         let telemetry = crate::telemetry::TelemetryConfig::compile(in_force.iter().map(|(_, d)| *d), &settings);
         let inbound_label: Arc<str> = match (&settings.workload, &settings.name) {
-            (Some(w), _) => Arc::from(service_id(&w.service, &w.namespace).as_str()),
+            (Some(w), _) => service_id(&w.service, &w.namespace),
             (None, Some(name)) => Arc::from(name.as_str()),
             (None, None) => Arc::from("app"),
         };
@@ -328,7 +330,7 @@ impl RunningConfig {
     }
 
     fn compile_service(&self, id: &str) -> anyhow::Result<ServiceConfig> {
-        let id: ServiceId = id.to_string();
+        let id: ServiceId = Arc::from(id);
         let spec = self.catalog.spec(&id).ok_or_else(|| anyhow::anyhow!("service {id} has no documents"))?;
         let mut backends = BackendBuilder { catalog: &self.catalog, runtime: &self.runtime, built: HashMap::new() };
         let all = backends.get(&id, None);
@@ -343,7 +345,7 @@ impl RunningConfig {
             matcher: RouteMatcher::any(),
             chain: elements::compile_route(&spec, &Default::default(), "default", &mut backends)?,
         };
-        Ok(ServiceConfig { label: Arc::from(id.as_str()), id, spec: spec.into_owned(), routes, default_route, all })
+        Ok(ServiceConfig { label: id.clone(), id, spec: spec.into_owned(), routes, default_route, all })
     }
 
     /// The service a connection to `target` is meant for: by virtual IP, or by an endpoint
@@ -444,7 +446,7 @@ impl BackendBuilder<'_> {
         );
         let label = match subset {
             Some(s) => format!("{id}/{s}"),
-            None => id.clone(),
+            None => id.to_string(),
         };
         let connect_timeout = spec.map(|s| s.resilience.connect_timeout.get()).unwrap_or(Duration::from_secs(1));
         let backend = Arc::new(Backend {

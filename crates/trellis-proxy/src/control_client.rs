@@ -1,7 +1,7 @@
 //! The proxy's side of the configuration push: one long-lived `ConfigDiscovery.Stream` to the
 //! control plane (see `trellis-protocol/proto/config.proto`).
 //!
-//! This module owns the pushed resources (name → hash and JSON), their copy on disk
+//! This module owns the pushed resources (name → hash and parsed document), their copy on disk
 //! (`STATE_DIR/pushed.json`), and the stream: connecting with backoff, `Hello`, heartbeats,
 //! and answering every `ConfigUpdate` with an ACK or a NACK. Installing documents into the
 //! running configuration is [`Shared::install_pushed`]'s job; nothing here touches traffic.
@@ -37,21 +37,96 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Most failing resources named in one NACK; the rest are counted.
 const MAX_REPORTED: usize = 10;
 
-/// One pushed resource as the control plane sent it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Stored {
+/// One pushed resource as the proxy holds it. A configuration document is held parsed and
+/// shared with the running configuration, not also as text: with thousands of services the
+/// text would be a second copy of the configuration in every proxy's memory.
+#[derive(Clone, Debug)]
+pub struct Held {
     pub hash: String,
-    pub json: String,
+    /// The parsed document; `None` for the trust bundle, which is not a configuration document.
+    pub document: Option<Arc<Resource>>,
+    /// The JSON as sent, kept only where the document does not serialize back to exactly
+    /// these bytes (the trust bundle; a document from a control plane of another version).
+    pub json: Option<String>,
+}
+
+impl Held {
+    /// Checks a resource as sent (its hash; one document of the kind and name it claims, or
+    /// a valid trust bundle) and parses it.
+    fn parse(name: &str, hash: &str, json: &str) -> Result<Held, String> {
+        let computed = trellis_protocol::content_hash(json.as_bytes());
+        if computed != hash {
+            return Err(format!("{name}: hash mismatch: sent {hash}, but its JSON hashes to {computed}"));
+        }
+        if name == trellis_protocol::TRUST_BUNDLE_RESOURCE {
+            parse_bundle(name, json)?;
+            return Ok(Held { hash: hash.to_string(), document: None, json: Some(json.to_string()) });
+        }
+        let mut docs = trellis_api::parse_documents(json, name).map_err(|e| e.to_string())?;
+        if docs.len() != 1 {
+            return Err(format!("{name}: holds {} documents, not one", docs.len()));
+        }
+        let mut doc = docs.remove(0);
+        // Listeners and the proxy's own limits come from its file; a pushed Proxy document
+        // would silently replace them.
+        if let Resource::Proxy(_) = doc {
+            return Err(format!("{name}: the control plane may not push kind Proxy"));
+        }
+        let key = doc.key();
+        if key != name {
+            return Err(format!("{name}: the document is {key}, not {name}"));
+        }
+        doc.shrink_to_fit();
+        let reproduced = serde_json::to_string(&doc).is_ok_and(|again| again == json);
+        Ok(Held {
+            hash: hash.to_string(),
+            document: Some(Arc::new(doc)),
+            json: (!reproduced).then(|| json.to_string()),
+        })
+    }
+
+    /// The resource's JSON, byte for byte as the control plane sent it.
+    fn json(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.json, &self.document) {
+            (Some(json), _) => json.as_str().into(),
+            (None, Some(document)) => serde_json::to_string(&**document).unwrap_or_default().into(),
+            (None, None) => "".into(),
+        }
+    }
 }
 
 /// The pushed resources the proxy holds, by name (`KIND/NAMESPACE/NAME`), and the control
-/// plane's version for them. Also the format of `pushed.json`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// plane's version for them.
+#[derive(Clone, Debug, Default)]
 pub struct Pushed {
-    #[serde(default)]
     pub version: String,
+    pub resources: BTreeMap<String, Held>,
+}
+
+/// Two sets are the same when they hold the same names at the same hashes.
+impl PartialEq for Pushed {
+    fn eq(&self, other: &Pushed) -> bool {
+        self.version == other.version
+            && self.resources.len() == other.resources.len()
+            && self.resources.iter().zip(&other.resources).all(|((a, x), (b, y))| a == b && x.hash == y.hash)
+    }
+}
+
+/// The format of `pushed.json`: every resource as the control plane sent it.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Saved<'a> {
     #[serde(default)]
-    pub resources: BTreeMap<String, Stored>,
+    version: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    resources: BTreeMap<std::borrow::Cow<'a, str>, SavedResource<'a>>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedResource<'a> {
+    #[serde(borrow)]
+    hash: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    json: std::borrow::Cow<'a, str>,
 }
 
 impl Pushed {
@@ -60,7 +135,8 @@ impl Pushed {
         self.resources.iter().map(|(name, r)| (name.clone(), r.hash.clone())).collect()
     }
 
-    /// Reads `DIR/pushed.json`. `Ok(None)` when there is none (first start).
+    /// Reads `DIR/pushed.json` and checks every resource in it (hash, one document of the kind
+    /// and name it claims) and the version. `Ok(None)` when there is none (first start).
     pub fn load(dir: &Path) -> Result<Option<Pushed>, String> {
         let path = dir.join(STATE_FILE);
         let text = match std::fs::read(&path) {
@@ -68,9 +144,20 @@ impl Pushed {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
         };
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: not a saved configuration: {e}", path.display()))
+        let saved: Saved<'_> =
+            serde_json::from_slice(&text).map_err(|e| format!("{}: not a saved configuration: {e}", path.display()))?;
+        let mut pushed = Pushed { version: saved.version.into_owned(), resources: BTreeMap::new() };
+        let mut errors = Vec::new();
+        for (name, resource) in &saved.resources {
+            match Held::parse(name, &resource.hash, &resource.json) {
+                Ok(held) => {
+                    pushed.resources.insert(name.to_string(), held);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        errors.extend(pushed.version_error());
+        if errors.is_empty() { Ok(Some(pushed)) } else { Err(report(errors)) }
     }
 
     /// Replaces `DIR/pushed.json` atomically: a crash leaves the old file or the new one,
@@ -80,7 +167,18 @@ impl Pushed {
         std::fs::create_dir_all(dir).map_err(|e| failed("create the directory", dir, e))?;
         let tmp = dir.join(STATE_TMP);
         let path = dir.join(STATE_FILE);
-        let text = serde_json::to_vec(self).map_err(|e| format!("cannot serialize the pushed configuration: {e}"))?;
+        let saved = Saved {
+            version: self.version.as_str().into(),
+            resources: self
+                .resources
+                .iter()
+                .map(|(name, held)| {
+                    (name.as_str().into(), SavedResource { hash: held.hash.as_str().into(), json: held.json() })
+                })
+                .collect(),
+        };
+        let text = serde_json::to_vec(&saved).map_err(|e| format!("cannot serialize the pushed configuration: {e}"))?;
+        drop(saved);
         let mut file = std::fs::File::create(&tmp).map_err(|e| failed("create", &tmp, e))?;
         file.write_all(&text).map_err(|e| failed("write", &tmp, e))?;
         file.sync_all().map_err(|e| failed("sync", &tmp, e))?;
@@ -90,91 +188,57 @@ impl Pushed {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| failed("sync the directory", dir, e))
     }
 
-    /// Checks every resource (hash, one document of the kind and name it claims) and the
-    /// version, and parses them. Errors name each failing resource.
-    pub fn documents(&self) -> Result<Vec<Resource>, String> {
-        let mut documents = Vec::with_capacity(self.resources.len());
-        let mut errors = Vec::new();
-        for (name, stored) in &self.resources {
-            if name == trellis_protocol::TRUST_BUNDLE_RESOURCE {
-                if let Err(e) = self.bundle() {
-                    errors.push(e);
-                }
-                continue;
-            }
-            match parse_resource(name, stored) {
-                Ok(mut doc) => {
-                    doc.shrink_to_fit();
-                    documents.push(doc);
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        if !self.version.is_empty() {
-            let computed =
-                trellis_protocol::version_of(self.resources.iter().map(|(n, r)| (n.as_str(), r.hash.as_str())));
-            if computed != self.version {
-                errors.push(format!(
-                    "version mismatch: the update says {}, but the resources the proxy would hold hash to {computed} \
-                     (the control plane and the proxy disagree on what it holds)",
-                    self.version
-                ));
-            }
-        }
-        if errors.is_empty() {
-            return Ok(documents);
-        }
-        let more = errors.len().saturating_sub(MAX_REPORTED);
-        errors.truncate(MAX_REPORTED);
-        if more > 0 {
-            errors.push(format!("and {more} more"));
-        }
-        Err(errors.join("\n"))
+    /// The configuration documents held, for the running configuration (shared, not copied).
+    pub fn documents(&self) -> Vec<Arc<Resource>> {
+        self.resources.values().filter_map(|held| held.document.clone()).collect()
     }
-}
 
-impl Pushed {
     /// The pushed trust bundle, if one is held.
     pub fn bundle(&self) -> Result<Option<TrustBundleDocument>, String> {
         let name = trellis_protocol::TRUST_BUNDLE_RESOURCE;
-        let Some(stored) = self.resources.get(name) else { return Ok(None) };
-        let computed = trellis_protocol::content_hash(stored.json.as_bytes());
-        if computed != stored.hash {
-            return Err(format!("{name}: hash mismatch: sent {}, but its JSON hashes to {computed}", stored.hash));
+        let Some(held) = self.resources.get(name) else { return Ok(None) };
+        parse_bundle(name, &held.json()).map(Some)
+    }
+
+    /// Why the held resources do not add up to the version the control plane named, if they
+    /// do not.
+    fn version_error(&self) -> Option<String> {
+        if self.version.is_empty() {
+            return None;
         }
-        let document: TrustBundleDocument =
-            serde_json::from_str(&stored.json).map_err(|e| format!("{name}: not a trust bundle: {e}"))?;
-        trellis_identity::TrustBundle::from_pem(&document.trust_domain, &document.roots_pem)
-            .map_err(|e| format!("{name}: {e}"))?;
-        Ok(Some(document))
+        let computed = trellis_protocol::version_of(self.resources.iter().map(|(n, r)| (n.as_str(), r.hash.as_str())));
+        (computed != self.version).then(|| {
+            format!(
+                "version mismatch: the update says {}, but the resources the proxy would hold hash to {computed} \
+                 (the control plane and the proxy disagree on what it holds)",
+                self.version
+            )
+        })
     }
 }
 
-fn parse_resource(name: &str, stored: &Stored) -> Result<Resource, String> {
-    let computed = trellis_protocol::content_hash(stored.json.as_bytes());
-    if computed != stored.hash {
-        return Err(format!("{name}: hash mismatch: sent {}, but its JSON hashes to {computed}", stored.hash));
-    }
-    let mut docs = trellis_api::parse_documents(&stored.json, name).map_err(|e| e.to_string())?;
-    if docs.len() != 1 {
-        return Err(format!("{name}: holds {} documents, not one", docs.len()));
-    }
-    let doc = docs.remove(0);
-    // Listeners and the proxy's own limits come from its file; a pushed Proxy document would
-    // silently replace them.
-    if let Resource::Proxy(_) = doc {
-        return Err(format!("{name}: the control plane may not push kind Proxy"));
-    }
-    let key = doc.key();
-    if key != name {
-        return Err(format!("{name}: the document is {key}, not {name}"));
-    }
-    Ok(doc)
+fn parse_bundle(name: &str, json: &str) -> Result<TrustBundleDocument, String> {
+    let document: TrustBundleDocument =
+        serde_json::from_str(json).map_err(|e| format!("{name}: not a trust bundle: {e}"))?;
+    trellis_identity::TrustBundle::from_pem(&document.trust_domain, &document.roots_pem)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(document)
 }
 
-/// The resources the proxy would hold after `update`, checked and parsed; the error, for the
-/// NACK, names what failed. Pure, so it is tested without a network.
-pub fn apply_update(current: &Pushed, update: &ConfigUpdate) -> Result<(Pushed, Vec<Resource>), String> {
+/// Errors for a NACK or a log line: the first `MAX_REPORTED`, then how many more.
+fn report(mut errors: Vec<String>) -> String {
+    let more = errors.len().saturating_sub(MAX_REPORTED);
+    errors.truncate(MAX_REPORTED);
+    if more > 0 {
+        errors.push(format!("and {more} more"));
+    }
+    errors.join("\n")
+}
+
+/// The resources the proxy would hold after `update`, checked, and its documents; the error,
+/// for the NACK, names what failed. Only the upserted resources are parsed: the others are
+/// held parsed already. Pure, so it is tested without a network.
+pub fn apply_update(current: &Pushed, update: &ConfigUpdate) -> Result<(Pushed, Vec<Arc<Resource>>), String> {
     let mut next = Pushed { version: update.version.clone(), resources: current.resources.clone() };
     let removals: HashSet<&str> = update.removals.iter().map(String::as_str).collect();
     let mut upserted = HashSet::new();
@@ -190,11 +254,20 @@ pub fn apply_update(current: &Pushed, update: &ConfigUpdate) -> Result<(Pushed, 
     for name in &update.removals {
         next.resources.remove(name);
     }
+    let mut errors = Vec::new();
     for resource in &update.upserts {
-        next.resources
-            .insert(resource.name.clone(), Stored { hash: resource.hash.clone(), json: resource.json.clone() });
+        match Held::parse(&resource.name, &resource.hash, &resource.json) {
+            Ok(held) => {
+                next.resources.insert(resource.name.clone(), held);
+            }
+            Err(e) => errors.push(e),
+        }
     }
-    let documents = next.documents()?;
+    errors.extend(next.version_error());
+    if !errors.is_empty() {
+        return Err(report(errors));
+    }
+    let documents = next.documents();
     Ok((next, documents))
 }
 
@@ -292,7 +365,7 @@ fn restore(shared: &Shared, dir: &Path) -> Pushed {
     {
         tracing::warn!("ignoring the saved trust bundle: {e}");
     }
-    match saved.documents().and_then(|docs| shared.install_pushed(docs)) {
+    match shared.install_pushed(saved.documents()) {
         Ok(running) => {
             tracing::info!(
                 version = %saved.version,
@@ -435,7 +508,13 @@ async fn handle_update(
         .unwrap_or_else(|e| Err(format!("applying the update failed unexpectedly: {e}")));
     let error = match result {
         Ok((next, running, save_error)) => {
-            *pushed = next;
+            // The replaced resources and the update are the last large garbage of this
+            // change: free them and hand the pages back, off the request path.
+            let replaced = std::mem::replace(pushed, next);
+            tokio::task::spawn_blocking(move || {
+                drop(replaced);
+                crate::release_freed_memory();
+            });
             tracing::info!(%version, config = %running, upserts, removals, "pushed configuration accepted");
             // The configuration is in force either way, so this is still an ACK; only a
             // restart before the next successful save would fall back to an older one.
@@ -649,6 +728,46 @@ mod tests {
         assert_eq!(parsed.len(), upserts.len());
     }
 
+    /// Documents are held parsed, without their text, yet saved byte for byte as sent; an
+    /// update parses only what it upserts and shares the rest with the configuration before.
+    #[test]
+    fn documents_are_held_parsed_and_saved_as_sent() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/static-proxy.yaml");
+        let upserts: Vec<_> = trellis_api::parse_file(Path::new(path))
+            .unwrap()
+            .iter()
+            .filter(|d| !matches!(d, Resource::Proxy(_)))
+            .map(|d| resource(&d.key(), &serde_json::to_string(d).unwrap()))
+            .collect();
+        let v = version(&upserts.iter().collect::<Vec<_>>());
+        let (one, _) = apply_update(&Pushed::default(), &update(upserts.clone(), &[], v)).unwrap();
+        assert!(one.resources.values().all(|held| held.json.is_none() && held.document.is_some()));
+
+        let dir = temp_dir("as-sent");
+        one.persist(&dir).unwrap();
+        let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+        for sent in &upserts {
+            assert_eq!(saved["resources"][&sent.name]["json"], sent.json.as_str(), "{}", sent.name);
+        }
+        assert_eq!(Pushed::load(&dir).unwrap().unwrap(), one);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Text this proxy would not produce itself (other spacing) is kept as sent.
+        let odd = resource("Service/default/odd", &service("odd"));
+        let mut all = upserts.clone();
+        all.push(odd.clone());
+        let (two, _) =
+            apply_update(&one, &update(vec![odd.clone()], &[], version(&all.iter().collect::<Vec<_>>()))).unwrap();
+        assert_eq!(two.resources["Service/default/odd"].json.as_deref(), Some(odd.json.as_str()));
+        for (name, held) in &one.resources {
+            let again = &two.resources[name];
+            assert!(
+                Arc::ptr_eq(held.document.as_ref().unwrap(), again.document.as_ref().unwrap()),
+                "{name} was parsed again"
+            );
+        }
+    }
+
     #[test]
     fn state_file_round_trip() {
         let dir = temp_dir("round-trip");
@@ -659,7 +778,7 @@ mod tests {
         assert!(!dir.join(STATE_TMP).exists());
         let loaded = Pushed::load(&dir).unwrap().unwrap();
         assert_eq!(loaded, pushed);
-        assert_eq!(loaded.documents().unwrap().len(), 1);
+        assert_eq!(loaded.documents().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -674,9 +793,9 @@ mod tests {
         // Valid JSON whose content was altered: caught by the hashes before anything installs.
         let a = resource("Service/default/a", &service("a"));
         let (mut pushed, _) = apply_update(&Pushed::default(), &update(vec![a], &[], String::new())).unwrap();
-        pushed.resources.get_mut("Service/default/a").unwrap().json = service("b");
+        pushed.resources.get_mut("Service/default/a").unwrap().json = Some(service("b"));
         pushed.persist(&dir).unwrap();
-        let e = Pushed::load(&dir).unwrap().unwrap().documents().unwrap_err();
+        let e = Pushed::load(&dir).unwrap_err();
         assert!(e.starts_with("Service/default/a: hash mismatch"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -66,7 +66,7 @@ pub struct Shared {
     /// configuration, which reads its services from them).
     file_documents: Mutex<Arc<Vec<trellis_api::Resource>>>,
     /// Documents pushed by the control plane (shared the same way).
-    pushed: Mutex<Arc<Vec<trellis_api::Resource>>>,
+    pushed: Mutex<Arc<Vec<Arc<trellis_api::Resource>>>>,
 }
 
 impl Shared {
@@ -162,7 +162,8 @@ impl Shared {
 /// Hands the memory that parsing and compiling a configuration used and freed back to the
 /// system. glibc's allocator keeps freed heap pages mapped; after a large configuration
 /// (thousands of services) that garbage would stay in the proxy's resident memory for good.
-fn release_freed_memory() {
+/// Blocking work (it walks every arena): call it off the request path.
+pub(crate) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
@@ -173,7 +174,7 @@ fn release_freed_memory() {
 impl Shared {
     /// Switches to the documents the control plane pushed (with the file's own), if they
     /// compile; otherwise keeps the running configuration and says why (for the NACK).
-    pub fn install_pushed(&self, documents: Vec<trellis_api::Resource>) -> Result<String, String> {
+    pub fn install_pushed(&self, documents: Vec<Arc<trellis_api::Resource>>) -> Result<String, String> {
         let _serialized = self.last_tried.lock().unwrap_or_else(|e| e.into_inner());
         let file = self.file_documents.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let documents = Arc::new(documents);

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 /// scheduler on the main thread: no work-stealing queues or cross-thread wake-ups to pay for
 /// on every request.
 pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    limit_malloc_arenas(workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())));
     let mut builder = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(workers) => {
@@ -23,6 +24,22 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
         None => tokio::runtime::Builder::new_multi_thread(),
     };
     builder.thread_name("trellis-proxy").enable_all().build()
+}
+
+/// One malloc arena per worker thread. glibc's default (eight per core) gives nearly every
+/// thread that allocates an arena of its own, the blocking threads that parse a pushed
+/// configuration among them, and each arena keeps its own freed fragments: with a
+/// 1,000-service configuration that was 1–2 MiB of resident memory holding nothing. Call it
+/// before any thread starts; `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas(workers: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let arenas = libc::c_int::try_from(workers.max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only changes an allocator setting; no allocation is in flight.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }
 
 /// Starts the proxy from `config` and serves until SIGTERM or SIGINT, then drains.

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where an opaque connection goes: a mesh service's endpoint, or a fixed address.
 pub enum TcpDestination {
-    Service(String),
+    Service(crate::config::ServiceId),
     Address(SocketAddr),
 }
 

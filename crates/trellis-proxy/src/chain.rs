@@ -6,9 +6,9 @@
 //! well (mirroring), and change the response on its way back. The last element is a
 //! terminal one (forwarding, redirect, direct response) that never calls `next`.
 //!
-//! Elements talk to each other through request extensions (e.g. the split element records
-//! the chosen [`crate::config::Backend`] for the balancer) and response extensions (the
-//! [`crate::errors::ProxyError`] of a proxy-made answer).
+//! Elements talk to each other through the request's [`RequestContext`] (e.g. the split
+//! element records the chosen [`crate::config::Backend`] for the balancer) and response
+//! extensions (the [`crate::errors::ProxyError`] of a proxy-made answer).
 
 use crate::body::Body;
 use crate::errors::{ProxyError, Reason};
@@ -51,7 +51,40 @@ impl<'a> Next<'a> {
     }
 }
 
-/// Facts about the request's connection, put in the request extensions by the listener.
+/// What one request's elements learn and tell each other. One request extension holds it
+/// all: each extension is an allocation of its own, made again for every retry attempt's
+/// copy of the request, and these facts are set on nearly every request.
+#[derive(Clone, Default)]
+pub struct RequestContext {
+    /// The client's connection, set by the listener's handler.
+    pub connection: Option<Connection>,
+    /// A fixed destination (the local application, a pass-through address): `forward`
+    /// sends there and no backend or endpoint is chosen.
+    pub forward_to: Option<crate::elements::ForwardTo>,
+    /// The destination `split` chose, read by `balance` and `timeout`.
+    pub backend: Option<Arc<crate::config::Backend>>,
+    /// The endpoint `balance` chose, read by `forward`.
+    pub target: Option<crate::config::Target>,
+    /// Endpoints earlier attempts went to, shared by `retry`'s attempts.
+    pub tried: Option<crate::elements::TriedEndpoints>,
+}
+
+static NO_CONTEXT: RequestContext =
+    RequestContext { connection: None, forward_to: None, backend: None, target: None, tried: None };
+
+impl RequestContext {
+    /// The request's context (empty if nothing set one).
+    pub fn of<B>(request: &Request<B>) -> &RequestContext {
+        request.extensions().get().unwrap_or(&NO_CONTEXT)
+    }
+
+    /// The request's context, to change it (created if missing).
+    pub fn of_mut<B>(request: &mut Request<B>) -> &mut RequestContext {
+        request.extensions_mut().get_or_insert_default()
+    }
+}
+
+/// Facts about the request's connection, put in the request's context by the listener.
 #[derive(Clone, Debug)]
 pub struct Connection {
     pub peer: SocketAddr,

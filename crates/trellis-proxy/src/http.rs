@@ -8,7 +8,7 @@
 
 use crate::Shared;
 use crate::body::{self, Body};
-use crate::chain::{Connection, Element, Next};
+use crate::chain::{Connection, Element, Next, RequestContext};
 use crate::elements::{ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::telemetry::stats::{ConnectionStats, StatsKey};
@@ -184,7 +184,7 @@ impl Handler {
         // Most requests (GET, HEAD) end with their headers: their empty body needs no box.
         let mut request =
             request.map(|incoming| if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) });
-        request.extensions_mut().insert(self.connection.clone());
+        RequestContext::of_mut(&mut request).connection = Some(self.connection.clone());
         let grpc = is_grpc(request.headers());
         let head = request.method() == http::Method::HEAD;
         let direction = self.side.direction();
@@ -200,7 +200,8 @@ impl Handler {
                     Ok(mut request) => {
                         // A request another Trellis proxy upgraded to HTTP/2 goes to the app as HTTP/1.1.
                         let wire = request.headers().contains_key(&ORIG_PROTO_HEADER).then_some(Wire::Http1);
-                        request.extensions_mut().insert(ForwardTo { addr: *app, label: label.clone(), wire });
+                        RequestContext::of_mut(&mut request).forward_to =
+                            Some(ForwardTo { addr: *app, label: label.clone(), wire });
                         Next::new(&self.shared.inbound_chain).run(request).await
                     }
                 };
@@ -229,11 +230,8 @@ impl Handler {
                     Some(svc) => self.to_service(&config, &svc, request, grpc).await,
                     None if self.connection.target != *listener => {
                         // Not a mesh service: pass through to where the client was going.
-                        request.extensions_mut().insert(ForwardTo {
-                            addr: self.connection.target,
-                            label: PASSTHROUGH.clone(),
-                            wire: None,
-                        });
+                        RequestContext::of_mut(&mut request).forward_to =
+                            Some(ForwardTo { addr: self.connection.target, label: PASSTHROUGH.clone(), wire: None });
                         Handled {
                             service: PASSTHROUGH.clone(),
                             route: EMPTY.clone(),

@@ -1,10 +1,8 @@
 //! `balance`: picks the endpoint of the selected backend for one attempt, and feeds the
 //! endpoint's load statistics (in-flight count, latency) back to the balancer.
 
-use super::SelectedBackend;
 use crate::body::Body;
-use crate::chain::{BoxFuture, Connection, Element, Next};
-use crate::config::Target;
+use crate::chain::{BoxFuture, Element, Next, RequestContext};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use http::{Request, Response};
 use std::net::SocketAddr;
@@ -12,11 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use trellis_api::HashOn;
 
-/// The endpoint chosen for this attempt, read by `forward`.
-#[derive(Clone)]
-pub struct SelectedTarget(pub Target);
-
-/// Endpoints earlier attempts of this request went to (put in place by `retry`); later
+/// Endpoints earlier attempts of this request went to (put in its context by `retry`); later
 /// attempts avoid them while others exist. Shared, because an attempt that timed out
 /// leaves no response to say where it went.
 #[derive(Clone, Default)]
@@ -35,11 +29,12 @@ impl Element for Balance {
     fn call<'a>(&'a self, mut request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
         Box::pin(async move {
             let grpc = is_grpc(request.headers());
-            let Some(SelectedBackend(backend)) = request.extensions().get::<SelectedBackend>().cloned() else {
+            let context = RequestContext::of(&request);
+            let Some(backend) = context.backend.clone() else {
                 return ProxyError::new(Reason::Internal, "balance without a selected backend").into_response(grpc);
             };
             let hash = hash_of(&request, backend.hash_on.as_ref());
-            let tried = request.extensions().get::<TriedEndpoints>().cloned();
+            let tried = context.tried.clone();
             let avoid: Vec<SocketAddr> =
                 tried.as_ref().map(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default();
             let skip = |i: usize| avoid.contains(&backend.endpoints[i].addr);
@@ -54,7 +49,7 @@ impl Element for Balance {
                 tried.0.lock().unwrap_or_else(|e| e.into_inner()).push(target.addr);
             }
             let _in_flight = target.stats.start();
-            request.extensions_mut().insert(SelectedTarget(target.clone()));
+            RequestContext::of_mut(&mut request).target = Some(target.clone());
             let started = Instant::now();
             let response = next.run(request).await;
             // A failed connect is charged as a very slow answer, so latency-aware balancing
@@ -81,7 +76,9 @@ fn hash_of(request: &Request<Body>, hash_on: Option<&HashOn>) -> Option<u64> {
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_bytes().to_vec()),
-        HashOn::SourceIp(_) => request.extensions().get::<Connection>().map(|c| c.peer.ip().to_string().into_bytes()),
+        HashOn::SourceIp(_) => {
+            RequestContext::of(request).connection.as_ref().map(|c| c.peer.ip().to_string().into_bytes())
+        }
     };
     key.map(|k| crate::balance::hash_key(&k))
 }

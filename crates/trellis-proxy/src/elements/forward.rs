@@ -5,9 +5,8 @@
 //! back into HTTP/1.1), HTTP/2 when the client spoke HTTP/2, HTTP/1.1 otherwise and for
 //! upgrades (WebSocket), whose two halves are then spliced together.
 
-use super::{SelectedBackend, SelectedTarget};
 use crate::body::Body;
-use crate::chain::{BoxFuture, Element, Next};
+use crate::chain::{BoxFuture, Element, Next, RequestContext};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::upstream::{UpstreamError, Upstreams, Wire};
 use futures_util::FutureExt;
@@ -58,14 +57,13 @@ impl Element for Forward {
     // The destination is settled before the future is made, so the boxed future is `send`'s
     // own, not one more layer holding the request around it.
     fn call<'a>(&'a self, request: Request<Body>, _next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
-        if let Some(to) = request.extensions().get::<ForwardTo>() {
+        let context = RequestContext::of(&request);
+        if let Some(to) = &context.forward_to {
             let wire = to.wire.unwrap_or_else(|| natural_wire(&request));
             let (addr, label) = (to.addr, to.label.clone());
             return Box::pin(send(&self.upstreams, addr, None, label, wire, Duration::from_secs(1), request));
         }
-        let (Some(SelectedTarget(target)), Some(SelectedBackend(backend))) =
-            (request.extensions().get::<SelectedTarget>(), request.extensions().get::<SelectedBackend>())
-        else {
+        let (Some(target), Some(backend)) = (&context.target, &context.backend) else {
             let error = ProxyError::new(Reason::Internal, "forward without a chosen endpoint");
             let response = error.into_response(is_grpc(request.headers()));
             return Box::pin(std::future::ready(response));

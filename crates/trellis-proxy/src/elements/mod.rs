@@ -13,10 +13,9 @@ mod retry;
 mod split;
 mod timeout;
 
-pub use balance::{SelectedTarget, TriedEndpoints};
+pub use balance::TriedEndpoints;
 pub use forward::{Forward, ForwardTo, ORIG_PROTO_HEADER, UpstreamLabel};
 pub use retry::Attempts;
-pub use split::SelectedBackend;
 
 use crate::chain::Element;
 use crate::config::BackendBuilder;

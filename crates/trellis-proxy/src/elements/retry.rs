@@ -7,7 +7,7 @@
 
 use super::TriedEndpoints;
 use crate::body::{Body, REPLAY_LIMIT, Replay};
-use crate::chain::{BoxFuture, Element, Next};
+use crate::chain::{BoxFuture, Element, Next, RequestContext};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::metrics::Metrics;
 use http::{Request, Response};
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trellis_api::{Retries, RetryOn};
 
-/// How many attempts a request took, for access logs.
+/// How many attempts a request took, for access logs; absent means one.
 #[derive(Clone, Copy, Debug)]
 pub struct Attempts(pub u32);
 
@@ -113,7 +113,7 @@ impl Element for Retry {
             self.budget.deposit();
             let (mut parts, body) = request.into_parts();
             let grpc = is_grpc(&parts.headers);
-            parts.extensions.insert(TriedEndpoints::default());
+            parts.extensions.get_or_insert_default::<RequestContext>().tried = Some(TriedEndpoints::default());
             // A body that is already over (most GETs) needs no replay buffer.
             let replay = (!body.is_end_stream()).then(|| Replay::new(body, REPLAY_LIMIT));
             let next_body = |replay: &Option<Replay>| match replay {
@@ -130,11 +130,11 @@ impl Element for Retry {
                 if attempt >= self.attempts {
                     // The last attempt takes the request head; earlier ones send a copy.
                     let mut response = self.attempt(Request::from_parts(parts, body), next).await;
-                    response.extensions_mut().insert(Attempts(attempt));
+                    note_attempts(&mut response, attempt);
                     return response;
                 }
                 let mut response = self.attempt(Request::from_parts(copy_head(&parts), body), next).await;
-                response.extensions_mut().insert(Attempts(attempt));
+                note_attempts(&mut response, attempt);
                 if !self.retryable(&response) {
                     return response;
                 }
@@ -151,6 +151,14 @@ impl Element for Retry {
                 Box::pin(tokio::time::sleep(self.backoff(attempt - 1))).await;
             }
         })
+    }
+}
+
+/// Records the attempts a response took, if more than one: one is what readers assume
+/// without it, and the extension would cost most responses an allocation.
+fn note_attempts(response: &mut Response<Body>, attempt: u32) {
+    if attempt > 1 {
+        response.extensions_mut().insert(Attempts(attempt));
     }
 }
 

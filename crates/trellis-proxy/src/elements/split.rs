@@ -1,15 +1,11 @@
 //! `split`: picks one of a route's weighted destinations for the request.
 
 use crate::body::Body;
-use crate::chain::{BoxFuture, Element, Next};
+use crate::chain::{BoxFuture, Element, Next, RequestContext};
 use crate::config::Backend;
 use http::{Request, Response};
 use rand::Rng;
 use std::sync::Arc;
-
-/// The destination chosen for this request, read by `balance` and `mirror`.
-#[derive(Clone)]
-pub struct SelectedBackend(pub Arc<Backend>);
 
 pub struct Split {
     destinations: Vec<(Arc<Backend>, u32)>,
@@ -43,7 +39,7 @@ impl Element for Split {
     }
 
     fn call<'a>(&'a self, mut request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
-        request.extensions_mut().insert(SelectedBackend(self.pick()));
+        RequestContext::of_mut(&mut request).backend = Some(self.pick());
         next.run(request)
     }
 }

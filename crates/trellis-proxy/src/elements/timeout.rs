@@ -3,9 +3,8 @@
 //! Streaming responses are not cut once their headers arrived: a gRPC stream or a download
 //! may legitimately outlive the route timeout.
 
-use super::SelectedBackend;
 use crate::body::Body;
-use crate::chain::{BoxFuture, Element, Next};
+use crate::chain::{BoxFuture, Element, Next, RequestContext};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use http::{Request, Response};
 use std::time::Duration;
@@ -27,7 +26,7 @@ impl Element for Timeout {
 
     fn call<'a>(&'a self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
         let grpc = is_grpc(request.headers());
-        let backend = request.extensions().get::<SelectedBackend>().map(|b| b.0.clone());
+        let backend = RequestContext::of(&request).backend.clone();
         Box::pin(async move {
             match tokio::time::timeout(self.limit, next.run(request)).await {
                 Ok(response) => response,

@@ -221,6 +221,98 @@ fn pushed_configuration_steers_traffic_and_survives_the_control_plane() {
     drop(servers);
 }
 
+/// A share far larger than one message (hundreds of services) reaches the proxy in parts and
+/// is applied whole: one version, every service routable, the proxy in sync; a small change
+/// afterwards is one message.
+#[test]
+fn a_large_share_arrives_in_parts_and_applies_whole() {
+    let dir = Dir(std::env::temp_dir().join(format!("trellis-push-parts-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (api, push) = (free_port(), free_port());
+    let _control = start_control(&dir.0.join("cp"), api, push);
+    let token = std::fs::read_to_string(dir.0.join("cp/admin.token")).unwrap().trim().to_string();
+    let (_backend, backend) = spawn_backend(&["http", "--name", "big"]);
+
+    // 400 services with an endpoint each: about 150 KiB of documents, several 64 KiB parts.
+    const SERVICES: usize = 400;
+    let mut mesh = String::new();
+    for i in 0..SERVICES {
+        mesh.push_str(&format!(
+            "kind: Service\nname: svc-{i}\nnamespace: big\nports: [{{port: 80, protocol: http}}]\nroutes: [{{name: api, match: {{path: {{prefix: /}}}}, timeout: 5s}}]\n---\nkind: Endpoints\nservice: svc-{i}\nnamespace: big\nendpoints: [{{address: '{backend}'}}]\n---\n"
+        ));
+    }
+    let file = dir.0.join("mesh.yaml");
+    std::fs::write(&file, &mesh).unwrap();
+    cli(api, &token, &["apply", "-f", file.to_str().unwrap()]);
+
+    let (admin, port) = (free_port(), free_port());
+    let last = SERVICES - 1;
+    let yaml = proxy_yaml(
+        &dir.0,
+        "caller",
+        admin,
+        push,
+        &format!(
+            "explicit: [{{listen: '127.0.0.1:{port}', service: svc-{last}.big}}]\nworkload: {{service: caller, namespace: big, address: '127.0.0.1:1'}}\n"
+        ),
+    );
+    let proxy = start_proxy(&dir.0, "caller", &yaml);
+    let accepted = |proxy: &ChildProcess| -> Vec<String> {
+        proxy.output_tail().lines().map(strip_ansi).filter(|l| l.contains("pushed configuration accepted")).collect()
+    };
+    let field = |line: &str, name: &str| -> usize {
+        let at = line.find(&format!(" {name}=")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 2;
+        line[at..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    // The share may come in one update or two (the trust bundle first, if the proxy connects
+    // before the control plane's snapshot holds the applied documents).
+    let large = |proxy: &ChildProcess| accepted(proxy).into_iter().find(|l| field(l, "upserts") >= 2 * SERVICES);
+    wait_until("the whole share to be applied", Duration::from_secs(20), || {
+        large(&proxy).is_some() && proxies_in_sync(api, &token, 1)
+    });
+    let first = large(&proxy).unwrap();
+    println!("{first}");
+    assert!(field(&first, "parts") >= 3, "{first}");
+    let config = admin_json(admin).expect("admin /config");
+    let held = config["resources"].as_array().expect("resources").iter();
+    let services =
+        held.filter(|r| r["name"].as_str().or(r["service"].as_str()).is_some_and(|n| n.starts_with("svc-"))).count();
+    assert_eq!(services, 2 * SERVICES, "every Service and Endpoints document of the share is in force");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(trellis_testkit::http::get(&format!("http://127.0.0.1:{port}/"))).expect("request");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // One changed service: one message.
+    std::fs::write(
+        &file,
+        format!("kind: Service\nname: svc-0\nnamespace: big\nports: [{{port: 80, protocol: http}}]\n"),
+    )
+    .unwrap();
+    cli(api, &token, &["apply", "-f", file.to_str().unwrap()]);
+    let before = accepted(&proxy).len();
+    wait_until("the change to be applied", Duration::from_secs(10), || accepted(&proxy).len() > before);
+    let second = accepted(&proxy).remove(before);
+    assert_eq!((field(&second, "upserts"), field(&second, "parts")), (1, 1), "{second}");
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An escape sequence: ESC [ parameters, ending with a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn proxies_in_sync(api: u16, token: &str, n: usize) -> bool {
     let out = Command::new(cargo_bin("trellis"))
         .args(["get", "proxies", "-o", "json"])

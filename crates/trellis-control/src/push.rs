@@ -158,6 +158,7 @@ impl ConfigDiscovery for PushService {
             telemetry: self.telemetry.clone(),
             taps: self.taps.clone(),
             taps_sent: BTreeMap::new(),
+            accepts_parts: hello.accepts_parts,
             held: hello.known.clone().into_iter().collect(),
             accepted: hello.known.into_iter().collect(),
             pending: BTreeMap::new(),
@@ -202,6 +203,8 @@ struct Session {
     taps: Arc<crate::telemetry::tap::TapHub>,
     /// Taps opened on this proxy: id → filter.
     taps_sent: BTreeMap<String, String>,
+    /// The proxy takes an update in parts of at most [`PART_BYTES`].
+    accepts_parts: bool,
     /// What the proxy holds once every update sent so far is applied: name → hash.
     held: BTreeMap<String, String>,
     /// What the proxy last accepted, to fall back to after a NACK.
@@ -328,6 +331,102 @@ impl Session {
         self.held = holdings;
         self.registry.sent(&self.proxy_id, self.stream, &version);
         tracing::debug!(proxy = %self.proxy_id, %version, upserts = upserts.len(), removals = removals.len(), "pushing");
-        tx.send(Ok(ConfigUpdate { nonce, version, upserts, removals, tap: None })).await.map_err(|_| ())
+        let update = ConfigUpdate { nonce, version, upserts, removals, tap: None, more: false };
+        let parts = if self.accepts_parts { in_parts(update, PART_BYTES) } else { vec![update] };
+        for part in parts {
+            tx.send(Ok(part)).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+/// The most resource text one message of an update carries, for proxies that take updates
+/// in parts. gRPC on both ends keeps a buffer as large as the largest message it has
+/// handled, for the life of the stream: with whole updates, every proxy stream held the size
+/// of that proxy's whole share twice over, once on each side.
+const PART_BYTES: usize = 64 << 10;
+
+/// Splits an update into messages of about `limit` bytes of resource text each (at least one
+/// resource each), every one with the update's nonce and version and all but the last
+/// marked `more`. The removals travel in the last part.
+fn in_parts(update: ConfigUpdate, limit: usize) -> Vec<ConfigUpdate> {
+    let ConfigUpdate { nonce, version, upserts, removals, tap, .. } = update;
+    let part = |upserts: Vec<Resource>| ConfigUpdate {
+        nonce: nonce.clone(),
+        version: version.clone(),
+        upserts,
+        removals: Vec::new(),
+        tap: None,
+        more: true,
+    };
+    let mut parts = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for resource in upserts {
+        let size = resource.json.len() + resource.name.len() + resource.hash.len();
+        if !current.is_empty() && bytes + size > limit {
+            parts.push(part(std::mem::take(&mut current)));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(resource);
+    }
+    let mut last = part(current);
+    last.removals = removals;
+    last.tap = tap;
+    last.more = false;
+    parts.push(last);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(n: usize, size: usize) -> Resource {
+        Resource { name: format!("Service/default/s{n}"), hash: format!("{n:016x}"), json: "x".repeat(size) }
+    }
+
+    fn update(upserts: Vec<Resource>, removals: &[&str]) -> ConfigUpdate {
+        ConfigUpdate {
+            nonce: "1-1".into(),
+            version: "v".into(),
+            upserts,
+            removals: removals.iter().map(|s| s.to_string()).collect(),
+            tap: None,
+            more: false,
+        }
+    }
+
+    #[test]
+    fn large_updates_go_in_parts_that_add_up_to_the_whole() {
+        let upserts: Vec<Resource> = (0..100).map(|n| resource(n, 1000)).collect();
+        let parts = in_parts(update(upserts.clone(), &["Service/default/gone"]), 10_000);
+        assert!(parts.len() >= 10, "{} parts", parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let last = i == parts.len() - 1;
+            assert_eq!((part.nonce.as_str(), part.version.as_str(), part.more), ("1-1", "v", !last));
+            let bytes: usize = part.upserts.iter().map(|r| r.json.len() + r.name.len() + r.hash.len()).sum();
+            assert!(bytes <= 10_000, "part {i}: {bytes} bytes");
+            assert_eq!(part.removals.is_empty(), !last);
+        }
+        let rejoined: Vec<Resource> = parts.into_iter().flat_map(|p| p.upserts).collect();
+        assert_eq!(rejoined, upserts);
+    }
+
+    #[test]
+    fn small_and_empty_updates_stay_whole() {
+        let parts = in_parts(update(vec![resource(1, 10)], &[]), 10_000);
+        assert_eq!(parts.len(), 1);
+        assert!(!parts[0].more);
+        let parts = in_parts(update(vec![], &["Service/default/gone"]), 10_000);
+        assert_eq!((parts.len(), parts[0].removals.len(), parts[0].more), (1, 1, false));
+    }
+
+    #[test]
+    fn a_resource_larger_than_a_part_travels_alone() {
+        let parts = in_parts(update(vec![resource(1, 10), resource(2, 50_000), resource(3, 10)], &[]), 10_000);
+        let sizes: Vec<usize> = parts.iter().map(|p| p.upserts.len()).collect();
+        assert_eq!(sizes, [1, 1, 1]);
     }
 }

@@ -322,6 +322,7 @@ pub async fn run(
             known: pushed.known(),
             ready: !shared.is_draining(),
             identity: shared.identity.hello_proof(&proxy_id),
+            accepts_parts: true,
         };
         let mut updated = false;
         let reason = session(&shared, &control, hello, &mut pushed, &status, &mut drain, &mut updated).await;
@@ -442,6 +443,7 @@ async fn session(
     let telemetry = shared.runtime.telemetry.clone();
     let mut reporter = crate::telemetry::report::Reporter::default();
     let mut taps = crate::telemetry::report::RemoteTaps::new(tx.clone());
+    let mut parts = Parts::default();
     loop {
         let outgoing = tokio::select! {
             message = inbound.message() => match message {
@@ -452,8 +454,13 @@ async fn session(
                     if update.nonce.is_empty() {
                         continue; // a tap change only: nothing to apply or acknowledge
                     }
+                    let (update, in_parts) = match parts.add(update) {
+                        Ok(Some(whole)) => whole,
+                        Ok(None) => continue, // more of it to come
+                        Err(e) => return e,
+                    };
                     *updated = true;
-                    handle_update(shared, &control.state_dir, pushed, update, status).await
+                    handle_update(shared, &control.state_dir, pushed, update, in_parts, status).await
                 }
                 Ok(None) => return "the control plane closed the stream".to_string(),
                 Err(s) => return format!("stream failed: {}", status_text(&s)),
@@ -477,12 +484,53 @@ async fn session(
     }
 }
 
+/// Puts together an update the control plane sends in parts (`ConfigUpdate.more`).
+#[derive(Default)]
+struct Parts {
+    pending: Option<ConfigUpdate>,
+    bytes: usize,
+    count: usize,
+}
+
+impl Parts {
+    /// Adds a message: the whole update and how many parts it came in once its last part is
+    /// in, `None` while more is to come, or why the stream is broken (a part of another
+    /// update before this one ended, or more than [`MAX_UPDATE_BYTES`] in all).
+    fn add(&mut self, mut update: ConfigUpdate) -> Result<Option<(ConfigUpdate, usize)>, String> {
+        self.bytes += update.upserts.iter().map(|r| r.json.len()).sum::<usize>();
+        self.count += 1;
+        if let Some(mut whole) = self.pending.take() {
+            if whole.nonce != update.nonce || whole.version != update.version {
+                return Err(format!(
+                    "protocol error: update {} (version {}) ended without its last part; update {} (version {}) began",
+                    whole.nonce, whole.version, update.nonce, update.version
+                ));
+            }
+            whole.upserts.append(&mut update.upserts);
+            whole.removals.append(&mut update.removals);
+            whole.more = update.more;
+            update = whole;
+        }
+        if self.bytes > MAX_UPDATE_BYTES {
+            return Err(format!("protocol error: update {} is over {MAX_UPDATE_BYTES} bytes", update.nonce));
+        }
+        if update.more {
+            self.pending = Some(update);
+            return Ok(None);
+        }
+        let count = std::mem::take(&mut self.count);
+        self.bytes = 0;
+        Ok(Some((update, count)))
+    }
+}
+
 /// Applies one update and returns its ACK (empty error) or NACK.
 async fn handle_update(
     shared: &Arc<Shared>,
     dir: &Path,
     pushed: &mut Pushed,
     update: ConfigUpdate,
+    parts: usize,
     status: &Mutex<ControlStatus>,
 ) -> ProxyMessage {
     let nonce = update.nonce.clone();
@@ -515,7 +563,7 @@ async fn handle_update(
                 drop(replaced);
                 crate::release_freed_memory();
             });
-            tracing::info!(%version, config = %running, upserts, removals, "pushed configuration accepted");
+            tracing::info!(%version, config = %running, upserts, removals, parts, "pushed configuration accepted");
             // The configuration is in force either way, so this is still an ACK; only a
             // restart before the next successful save would fall back to an older one.
             if let Some(e) = &save_error {
@@ -633,7 +681,34 @@ mod tests {
             upserts,
             removals: removals.iter().map(|s| s.to_string()).collect(),
             tap: None,
+            more: false,
         }
+    }
+
+    #[test]
+    fn an_update_in_parts_is_applied_whole() {
+        let (a, b) = (resource("Service/default/a", &service("a")), resource("Service/default/b", &service("b")));
+        let v = version(&[&a, &b]);
+        let mut first = update(vec![a.clone()], &[], v.clone());
+        first.more = true;
+        let mut parts = Parts::default();
+        assert_eq!(parts.add(first.clone()), Ok(None));
+        let (whole, count) = parts.add(update(vec![b.clone()], &["Service/default/old"], v.clone())).unwrap().unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(
+            (whole.upserts, whole.removals, whole.more),
+            (vec![a.clone(), b], vec!["Service/default/old".to_string()], false)
+        );
+        // And the next update starts afresh.
+        let (next, count) = parts.add(update(vec![a.clone()], &[], v.clone())).unwrap().unwrap();
+        assert_eq!((next.upserts, count), (vec![a.clone()], 1));
+
+        // A part of another update before the last part is a broken stream.
+        assert_eq!(parts.add(first), Ok(None));
+        let mut other = update(vec![a], &[], v);
+        other.nonce = "n2".to_string();
+        let e = parts.add(other).unwrap_err();
+        assert!(e.starts_with("protocol error: update n1"), "{e}");
     }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {

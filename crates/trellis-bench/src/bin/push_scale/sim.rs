@@ -183,6 +183,8 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
         identity: None,
         known: HashMap::new(),
         ready: shared.ready,
+        // Like the proxy: large updates come in parts, acknowledged once whole.
+        accepts_parts: true,
     };
     let (tx, rx) = mpsc::channel::<ProxyMessage>(16);
     let _ = tx.send(ProxyMessage { kind: Some(Kind::Hello(hello)) }).await;
@@ -194,14 +196,18 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
         .map_err(|s| format!("stream refused: {} {}", s.code(), s.message()))?
         .into_inner();
     let mut held: HashSet<String> = HashSet::new();
+    // The update being received: when its first part came, its bytes and upserts so far, and
+    // the awaited change it carries.
+    let mut whole: Option<(Instant, usize, usize)> = None;
+    let mut whole_hit = None;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
     let mut stop = shared.stop.clone();
     loop {
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(update)) => {
-                    let received = Instant::now();
-                    let bytes = update.encoded_len();
+                    let (received, bytes, upserts) = whole.take().unwrap_or((Instant::now(), 0, 0));
+                    let (bytes, upserts) = (bytes + update.encoded_len(), upserts + update.upserts.len());
                     let hit = shared.awaited.borrow().as_ref().filter(|a| a.namespace == plan.namespace).and_then(|a| {
                         update
                             .upserts
@@ -217,16 +223,22 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
                     for name in &update.removals {
                         held.remove(name);
                     }
+                    let hit = hit.or(whole_hit.take());
+                    if update.more {
+                        whole = Some((received, bytes, upserts));
+                        whole_hit = hit;
+                        continue;
+                    }
                     let ack = ProxyMessage { kind: Some(Kind::Ack(Ack { nonce: update.nonce.clone(), error: String::new() })) };
                     tx.send(ack).await.map_err(|_| "the outbound stream closed".to_string())?;
                     let acked = Instant::now();
                     proxy.stats(|s| {
                         s.counters.updates += 1;
                         s.counters.bytes += bytes as u64;
-                        s.counters.upserts += update.upserts.len() as u64;
+                        s.counters.upserts += upserts as u64;
                         s.counters.removals += update.removals.len() as u64;
                         if s.first.is_none() {
-                            s.first = Some((received, bytes, update.upserts.len()));
+                            s.first = Some((received, bytes, upserts));
                         }
                         s.last = Some(received);
                         s.held = held.len();

@@ -283,11 +283,7 @@ fn a_large_share_arrives_in_parts_and_applies_whole() {
     assert_eq!(r.status, 200, "{}", r.text());
 
     // One changed service: one message.
-    std::fs::write(
-        &file,
-        format!("kind: Service\nname: svc-0\nnamespace: big\nports: [{{port: 80, protocol: http}}]\n"),
-    )
-    .unwrap();
+    std::fs::write(&file, "kind: Service\nname: svc-0\nnamespace: big\nports: [{port: 80, protocol: http}]\n").unwrap();
     cli(api, &token, &["apply", "-f", file.to_str().unwrap()]);
     let before = accepted(&proxy).len();
     wait_until("the change to be applied", Duration::from_secs(10), || accepted(&proxy).len() > before);

@@ -215,7 +215,8 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
                             .find(|r| r.name == a.name && r.json.contains(&a.marker))
                             .map(|r| (a.change, r.encoded_len()))
                     });
-                    for r in &update.upserts {
+                    // The mesh's documents; the trust bundle the control plane adds is not one.
+                    for r in update.upserts.iter().filter(|r| r.name != trellis_protocol::TRUST_BUNDLE_RESOURCE) {
                         if !held.contains(&r.name) {
                             held.insert(r.name.clone());
                         }

@@ -748,7 +748,7 @@ fn add_unmatched(routes: &mut Vec<Route>) {
     }
     routes.push(Route {
         name: Some(UNMATCHED_ROUTE.to_string()),
-        direct_response: Some(DirectResponse { status: 404, body: String::new(), headers: BTreeMap::new() }),
+        direct_response: Some(Box::new(DirectResponse { status: 404, body: String::new(), headers: BTreeMap::new() })),
         ..Route::default()
     });
 }
@@ -1356,23 +1356,18 @@ impl Tx<'_> {
             to: actions.to.clone(),
             timeout,
             retries: None,
-            request_headers: actions.request_headers.clone(),
-            response_headers: actions.response_headers.clone(),
+            request_headers: actions.request_headers.clone().map(Box::new),
+            response_headers: actions.response_headers.clone().map(Box::new),
             rewrite: None,
-            redirect: actions.redirect.clone(),
-            direct_response: actions.no_backend.then(|| DirectResponse {
-                status: 500,
-                body: String::new(),
-                headers: BTreeMap::new(),
-            }),
-            mirror: actions.mirror.clone(),
+            redirect: actions.redirect.clone().map(Box::new),
+            direct_response: actions
+                .no_backend
+                .then(|| Box::new(DirectResponse { status: 500, body: String::new(), headers: BTreeMap::new() })),
+            mirror: actions.mirror.clone().map(Box::new),
         };
         let rewrite = |path: Option<String>, prefix: Option<String>| {
-            (path.is_some() || prefix.is_some() || actions.authority.is_some()).then(|| Rewrite {
-                path,
-                prefix,
-                authority: actions.authority.clone(),
-            })
+            (path.is_some() || prefix.is_some() || actions.authority.is_some())
+                .then(|| Box::new(Rewrite { path, prefix, authority: actions.authority.clone() }))
         };
         let mut push = |route: Route| out.push(Keyed { precedence, rule, matched, route });
         match (&actions.path_rewrite, prefix) {

@@ -32,7 +32,7 @@ enum Head {
 
 fn compile_head(route: &Route) -> anyhow::Result<Head> {
     if let Some(redirect) = &route.redirect {
-        return Ok(Head::Answer(vec![Arc::new(respond::Redirect::new(redirect.clone()))]));
+        return Ok(Head::Answer(vec![Arc::new(respond::Redirect::new((**redirect).clone()))]));
     }
     if let Some(direct) = &route.direct_response {
         return Ok(Head::Answer(vec![Arc::new(respond::DirectResponse::new(direct)?)]));
@@ -40,8 +40,8 @@ fn compile_head(route: &Route) -> anyhow::Result<Head> {
     let mut chain: Vec<Arc<dyn Element>> = Vec::new();
     if route.request_headers.is_some() || route.response_headers.is_some() {
         chain.push(Arc::new(headers::HeaderRewrite::new(
-            route.request_headers.as_ref(),
-            route.response_headers.as_ref(),
+            route.request_headers.as_deref(),
+            route.response_headers.as_deref(),
         )?));
     }
     if let Some(rewrite) = &route.rewrite {
@@ -49,7 +49,7 @@ fn compile_head(route: &Route) -> anyhow::Result<Head> {
             Some(StringMatch::Prefix(p)) => Some(p.clone()),
             _ => None,
         };
-        chain.push(Arc::new(headers::Rewrite::new(rewrite.clone(), matched_prefix)?));
+        chain.push(Arc::new(headers::Rewrite::new((**rewrite).clone(), matched_prefix)?));
     }
     Ok(Head::Rewrites(chain))
 }

@@ -3,7 +3,8 @@
 //! A builder task rebuilds the shared [`Snapshot`] whenever the store commits or the registry
 //! changes. Each proxy's stream task then computes that proxy's share, compares it with what
 //! the proxy holds, and sends only the difference — nothing at all when its share did not
-//! change — with a nonce and the version of the proxy's whole configuration. The proxy's
+//! change — with a nonce and the version of the proxy's whole configuration, a large update
+//! in parts of at most [`PART_BYTES`] to proxies that accept parts. The proxy's
 //! ACK or NACK is recorded in the registry; after a NACK the next update is computed
 //! against what the proxy last accepted.
 

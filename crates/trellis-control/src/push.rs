@@ -4,7 +4,7 @@
 //! changes. Each proxy's stream task then computes that proxy's share, compares it with what
 //! the proxy holds, and sends only the difference — nothing at all when its share did not
 //! change — with a nonce and the version of the proxy's whole configuration, a large update
-//! in parts of at most [`PART_BYTES`] to proxies that accept parts. The proxy's
+//! in parts of at most 64 KiB to proxies that accept parts. The proxy's
 //! ACK or NACK is recorded in the registry; after a NACK the next update is computed
 //! against what the proxy last accepted.
 

@@ -43,11 +43,19 @@ const MAX_REPORTED: usize = 10;
 #[derive(Clone, Debug)]
 pub struct Held {
     pub hash: String,
-    /// The parsed document; `None` for the trust bundle, which is not a configuration document.
-    pub document: Option<Arc<Resource>>,
-    /// The JSON as sent, kept only where the document does not serialize back to exactly
-    /// these bytes (the trust bundle; a document from a control plane of another version).
-    pub json: Option<String>,
+    pub kept: Kept,
+}
+
+/// What the proxy keeps of a resource.
+#[derive(Clone, Debug)]
+pub enum Kept {
+    /// A configuration document whose JSON is exactly what it serializes to.
+    Document(Arc<Resource>),
+    /// A configuration document sent as text this proxy would not write byte for byte (a
+    /// control plane of another version): the text is kept as sent.
+    DocumentAndText(Arc<Resource>, String),
+    /// The trust bundle, which is not a configuration document.
+    Text(String),
 }
 
 impl Held {
@@ -60,7 +68,7 @@ impl Held {
         }
         if name == trellis_protocol::TRUST_BUNDLE_RESOURCE {
             parse_bundle(name, json)?;
-            return Ok(Held { hash: hash.to_string(), document: None, json: Some(json.to_string()) });
+            return Ok(Held { hash: hash.to_string(), kept: Kept::Text(json.to_string()) });
         }
         let mut docs = trellis_api::parse_documents(json, name).map_err(|e| e.to_string())?;
         if docs.len() != 1 {
@@ -78,19 +86,24 @@ impl Held {
         }
         doc.shrink_to_fit();
         let reproduced = serde_json::to_string(&doc).is_ok_and(|again| again == json);
-        Ok(Held {
-            hash: hash.to_string(),
-            document: Some(Arc::new(doc)),
-            json: (!reproduced).then(|| json.to_string()),
-        })
+        let doc = Arc::new(doc);
+        let kept = if reproduced { Kept::Document(doc) } else { Kept::DocumentAndText(doc, json.to_string()) };
+        Ok(Held { hash: hash.to_string(), kept })
+    }
+
+    /// The configuration document, if this is one.
+    pub fn document(&self) -> Option<&Arc<Resource>> {
+        match &self.kept {
+            Kept::Document(doc) | Kept::DocumentAndText(doc, _) => Some(doc),
+            Kept::Text(_) => None,
+        }
     }
 
     /// The resource's JSON, byte for byte as the control plane sent it.
     fn json(&self) -> std::borrow::Cow<'_, str> {
-        match (&self.json, &self.document) {
-            (Some(json), _) => json.as_str().into(),
-            (None, Some(document)) => serde_json::to_string(&**document).unwrap_or_default().into(),
-            (None, None) => "".into(),
+        match &self.kept {
+            Kept::Document(document) => serde_json::to_string(&**document).unwrap_or_default().into(),
+            Kept::DocumentAndText(_, json) | Kept::Text(json) => json.as_str().into(),
         }
     }
 }
@@ -190,7 +203,7 @@ impl Pushed {
 
     /// The configuration documents held, for the running configuration (shared, not copied).
     pub fn documents(&self) -> Vec<Arc<Resource>> {
-        self.resources.values().filter_map(|held| held.document.clone()).collect()
+        self.resources.values().filter_map(|held| held.document().cloned()).collect()
     }
 
     /// The pushed trust bundle, if one is held.
@@ -366,7 +379,7 @@ fn restore(shared: &Shared, dir: &Path) -> Pushed {
     {
         tracing::warn!("ignoring the saved trust bundle: {e}");
     }
-    match shared.install_pushed(saved.documents()) {
+    let restored = match shared.install_pushed(saved.documents()) {
         Ok(running) => {
             tracing::info!(
                 version = %saved.version,
@@ -378,9 +391,12 @@ fn restore(shared: &Shared, dir: &Path) -> Pushed {
         }
         Err(e) => {
             tracing::warn!(dir = %dir.display(), "ignoring the saved pushed configuration:\n{e}");
+            drop(saved);
             Pushed::default()
         }
-    }
+    };
+    crate::release_freed_memory();
+    restored
 }
 
 /// One connection: returns why it ended (it always ends in a reconnect or the drain).
@@ -554,15 +570,9 @@ async fn handle_update(
     let result = tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(format!("applying the update failed unexpectedly: {e}")));
-    let error = match result {
+    let (error, replaced) = match result {
         Ok((next, running, save_error)) => {
-            // The replaced resources and the update are the last large garbage of this
-            // change: free them and hand the pages back, off the request path.
             let replaced = std::mem::replace(pushed, next);
-            tokio::task::spawn_blocking(move || {
-                drop(replaced);
-                crate::release_freed_memory();
-            });
             tracing::info!(%version, config = %running, upserts, removals, parts, "pushed configuration accepted");
             // The configuration is in force either way, so this is still an ACK; only a
             // restart before the next successful save would fall back to an older one.
@@ -573,14 +583,20 @@ async fn handle_update(
                 s.version = Some(version.clone());
                 s.last_error = save_error;
             });
-            String::new()
+            (String::new(), Some(replaced))
         }
         Err(e) => {
             tracing::warn!(%version, %nonce, "pushed configuration rejected, keeping version {:?}:\n{e}", pushed.version);
             set_status(status, |s| s.last_error = Some(e.clone()));
-            e
+            (e, None)
         }
     };
+    // Parsing and compiling left garbage either way, and an accepted update the resources it
+    // replaced: free them and hand the pages back, off the request path.
+    tokio::task::spawn_blocking(move || {
+        drop(replaced);
+        crate::release_freed_memory();
+    });
     ProxyMessage { kind: Some(Kind::Ack(proto::Ack { nonce, error })) }
 }
 
@@ -816,7 +832,7 @@ mod tests {
             .collect();
         let v = version(&upserts.iter().collect::<Vec<_>>());
         let (one, _) = apply_update(&Pushed::default(), &update(upserts.clone(), &[], v)).unwrap();
-        assert!(one.resources.values().all(|held| held.json.is_none() && held.document.is_some()));
+        assert!(one.resources.values().all(|held| matches!(held.kept, Kept::Document(_))));
 
         let dir = temp_dir("as-sent");
         one.persist(&dir).unwrap();
@@ -833,13 +849,11 @@ mod tests {
         all.push(odd.clone());
         let (two, _) =
             apply_update(&one, &update(vec![odd.clone()], &[], version(&all.iter().collect::<Vec<_>>()))).unwrap();
-        assert_eq!(two.resources["Service/default/odd"].json.as_deref(), Some(odd.json.as_str()));
+        let kept = &two.resources["Service/default/odd"].kept;
+        assert!(matches!(kept, Kept::DocumentAndText(_, text) if *text == odd.json), "{kept:?}");
         for (name, held) in &one.resources {
             let again = &two.resources[name];
-            assert!(
-                Arc::ptr_eq(held.document.as_ref().unwrap(), again.document.as_ref().unwrap()),
-                "{name} was parsed again"
-            );
+            assert!(Arc::ptr_eq(held.document().unwrap(), again.document().unwrap()), "{name} was parsed again");
         }
     }
 
@@ -868,7 +882,7 @@ mod tests {
         // Valid JSON whose content was altered: caught by the hashes before anything installs.
         let a = resource("Service/default/a", &service("a"));
         let (mut pushed, _) = apply_update(&Pushed::default(), &update(vec![a], &[], String::new())).unwrap();
-        pushed.resources.get_mut("Service/default/a").unwrap().json = Some(service("b"));
+        pushed.resources.get_mut("Service/default/a").unwrap().kept = Kept::Text(service("b"));
         pushed.persist(&dir).unwrap();
         let e = Pushed::load(&dir).unwrap_err();
         assert!(e.starts_with("Service/default/a: hash mismatch"), "{e}");

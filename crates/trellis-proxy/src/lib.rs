@@ -173,7 +173,8 @@ pub(crate) fn release_freed_memory() {
 
 impl Shared {
     /// Switches to the documents the control plane pushed (with the file's own), if they
-    /// compile; otherwise keeps the running configuration and says why (for the NACK).
+    /// compile; otherwise keeps the running configuration and says why (for the NACK). The
+    /// caller hands the freed memory back once what this replaced is dropped.
     pub fn install_pushed(&self, documents: Vec<Arc<trellis_api::Resource>>) -> Result<String, String> {
         let _serialized = self.last_tried.lock().unwrap_or_else(|e| e.into_inner());
         let file = self.file_documents.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -188,7 +189,6 @@ impl Shared {
             tracing::info!(%version, "pushed configuration applied");
         }
         *self.pushed.lock().unwrap_or_else(|e| e.into_inner()) = documents;
-        release_freed_memory();
         Ok(version)
     }
 }

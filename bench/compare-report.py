@@ -347,7 +347,7 @@ if total and profile and profile.get("ok"):
     n = profile["ok"]
     L += [f"## Profile: the Trellis mTLS {arg.get('profile_side', 'client')}-side proxy", "",
           f"callgrind (valgrind) instruction counts while it carried {n} requests ({arg['profile_rate']} req/s for "
-          f"{arg['profile_duration']}, instrumentation on only during the load; background work such as telemetry "
+          f"{arg['profile_duration']}, instrumentation on only during the load, after a 2 s warm-up that opens the connections; background work such as telemetry "
           "reports included). Instruction counts are stable where timings on a shared VM are not; they count "
           "user space only, so the kernel's share (the system CPU above) is not in them. valgrind counts every "
           "iteration of a `rep movsb` (one per byte moved) as an instruction, so large memcpys weigh more here "

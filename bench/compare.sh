@@ -155,6 +155,11 @@ if [[ $PROFILE == 1 ]]; then
     server) SERVER_WRAPPER=$wrapper WAIT_SECONDS=120 mtls_pair profile; PROFILED_PID=$SERVER_PID ;;
     *) die "PROFILE_SIDE=$PROFILE_SIDE: use client or server" ;;
     esac
+    # Warm up first, so that connections, TLS sessions and pools exist: the profile is of
+    # requests in steady state, not of the first handshakes.
+    "$BIN/trellis-bench" --url "$CLIENT_URL" --rate "$PROFILE_RATE" --duration 2s \
+        --connections "$CONNECTIONS" --output json >/dev/null 2>"$TMP/profile-bench.err" ||
+        { cat "$TMP/profile-bench.err" >&2; die "the profile's warm-up load failed"; }
     callgrind_control -i on "$PROFILED_PID" >/dev/null || die "callgrind_control could not switch instrumentation on"
     "$BIN/trellis-bench" --url "$CLIENT_URL" --rate "$PROFILE_RATE" --duration "$PROFILE_DURATION" \
         --connections "$CONNECTIONS" --output json >"$RESULTS/profile.json" 2>"$TMP/profile-bench.err" ||

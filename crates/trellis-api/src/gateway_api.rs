@@ -707,6 +707,7 @@ fn service(name: &str, namespace: &str, routes: Vec<Route>) -> Service {
         routes,
         load_balancer: Default::default(),
         resilience: Default::default(),
+        mesh_http1: Default::default(),
     }
 }
 

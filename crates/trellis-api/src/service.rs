@@ -35,6 +35,30 @@ pub struct Service {
     pub load_balancer: LoadBalancer,
     #[serde(default)]
     pub resilience: Resilience,
+    /// How HTTP/1.1 requests travel from a Trellis proxy to this service's `meshed`
+    /// endpoints (HTTP/2 and gRPC always stay HTTP/2).
+    #[serde(default, skip_serializing_if = "MeshHttp1::is_keep")]
+    pub mesh_http1: MeshHttp1,
+}
+
+/// How HTTP/1.1 crosses the hop between two Trellis proxies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshHttp1 {
+    /// The default: as HTTP/1.1, on pooled keep-alive connections, one per request in
+    /// flight; the least work per request.
+    #[default]
+    Keep,
+    /// Multiplexed over one HTTP/2 connection per endpoint and turned back into HTTP/1.1 by
+    /// the far proxy: fewer connections and TLS handshakes when many requests are in flight
+    /// at once, for more CPU per request.
+    Multiplex,
+}
+
+impl MeshHttp1 {
+    fn is_keep(&self) -> bool {
+        *self == MeshHttp1::Keep
+    }
 }
 
 /// A DNS-label-like name: lowercase letters, digits and `-`, 1 to 63 characters.
@@ -624,7 +648,7 @@ pub struct Endpoint {
     #[serde(default = "Endpoint::default_weight")]
     pub weight: Weight,
     /// A Trellis proxy receives this endpoint's traffic, so HTTP/1.1 may be carried to it
-    /// multiplexed over HTTP/2.
+    /// multiplexed over HTTP/2 (the service's `meshHttp1`).
     #[serde(default)]
     pub meshed: bool,
     /// The SPIFFE ID the endpoint's proxy proves; traffic to it uses mutual TLS and is

@@ -148,6 +148,7 @@ impl Catalog {
                     routes: vec![],
                     load_balancer: Default::default(),
                     resilience: Default::default(),
+                    mesh_http1: Default::default(),
                 }))
             }
         }
@@ -201,6 +202,8 @@ pub struct Backend {
     pub balancer: Balancer,
     pub hash_on: Option<trellis_api::HashOn>,
     pub connect_timeout: Duration,
+    /// HTTP/1.1 to meshed endpoints travels over HTTP/2 (the service's `meshHttp1`).
+    pub multiplex_http1: bool,
 }
 
 /// One endpoint of a backend.
@@ -474,12 +477,14 @@ impl BackendBuilder<'_> {
             None => id.to_string(),
         };
         let connect_timeout = spec.map(|s| s.resilience.connect_timeout.get()).unwrap_or(Duration::from_secs(1));
+        let multiplex_http1 = spec.is_some_and(|s| s.mesh_http1 == trellis_api::MeshHttp1::Multiplex);
         let backend = Arc::new(Backend {
             label: label.into(),
             endpoints: targets,
             balancer,
             hash_on: lb.hash_on,
             connect_timeout,
+            multiplex_http1,
         });
         self.built.insert(key, backend.clone());
         backend

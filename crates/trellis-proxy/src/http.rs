@@ -84,6 +84,7 @@ where
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
+            // Also closes a connection idle this long; the upstream pool's idle timeout is below it.
             .header_read_timeout(Duration::from_secs(30))
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .serve_connection(io, service)

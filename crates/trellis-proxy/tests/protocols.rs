@@ -1,6 +1,7 @@
 //! Every protocol passes through two proxies in explicit mode on loopback:
 //! client → proxy A (explicit port bound to a service) → proxy B (inbound) → backend.
-//! Endpoints are `meshed`, so HTTP/1.1 crosses between the proxies as HTTP/2.
+//! Endpoints are `meshed`: HTTP/1.1 crosses between the proxies as HTTP/1.1, or multiplexed
+//! over HTTP/2 where the service says `meshHttp1: multiplex`.
 
 mod support;
 
@@ -28,7 +29,9 @@ struct Mesh {
     _backends: Vec<trellis_testkit::process::ChildProcess>,
 }
 
-fn mesh() -> Mesh {
+/// The three services behind their inbound proxies; `mesh_http1` is the web service's
+/// `meshHttp1`.
+fn mesh(mesh_http1: &str) -> Mesh {
     let (http_backend, http_addr) = spawn_backend(&["http", "--name", "web"]);
     let (grpc_backend, grpc_addr) = spawn_backend(&["grpc", "--name", "echo"]);
     let (tcp_backend, tcp_addr) = spawn_backend(&["tcp-echo"]);
@@ -47,6 +50,7 @@ explicit:
 ---
 kind: Service
 name: web
+meshHttp1: {mesh_http1}
 ---
 kind: Service
 name: echo
@@ -85,61 +89,27 @@ fn curl(args: &[&str]) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Inbound connections proxy B detected as `outcome`.
+fn hop_connections(proxy: &TestProxy, outcome: &str) -> f64 {
+    proxy.metric_sum("trellis_protocol_detections_total", &["direction=\"inbound\"", &format!("outcome=\"{outcome}\"")])
+}
+
 #[test]
 fn every_protocol_crosses_two_proxies_in_explicit_mode() {
-    let mesh = mesh();
-    let base = format!("http://{}", mesh.http);
-
-    // HTTP/1.1 from curl: the app sees HTTP/1.1 even though the proxies spoke HTTP/2.
-    let (body, _) = curl(&[&format!("{base}/hello?x=1"), "-H", "x-test: 1"]);
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["server"], "web");
-    assert_eq!(json["version"], "HTTP/1.1");
-    assert_eq!(json["path"], "/hello?x=1");
-    assert_eq!(json["headers"]["x-test"], "1");
-    assert!(json["headers"].get("x-trellis-orig-proto").is_none(), "marker header leaked to the app: {json}");
+    let mesh = mesh("keep");
+    http1_crosses(&mesh);
     let web_in = &mesh.server_proxies[0];
-    assert!(
-        web_in.metric_sum("trellis_protocol_detections_total", &["direction=\"inbound\"", "outcome=\"http2\""]) >= 1.0,
-        "proxy-to-proxy hop was not HTTP/2:\n{}",
-        web_in.metrics()
-    );
+    assert!(hop_connections(web_in, "http1") >= 1.0, "HTTP/1.1 did not cross as HTTP/1.1:\n{}", web_in.metrics());
+    assert_eq!(hop_connections(web_in, "http2"), 0.0, "{}", web_in.metrics());
 
-    // HTTP/2 prior knowledge from curl.
-    let (body, _) = curl(&["--http2-prior-knowledge", &format!("{base}/h2")]);
+    // HTTP/2 prior knowledge from curl stays HTTP/2.
+    let (body, _) = curl(&["--http2-prior-knowledge", &format!("http://{}/h2", mesh.http)]);
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(json["version"], "HTTP/2.0");
-
-    // A chunked upload (curl adds Expect: 100-continue for a large body) streams to /echo.
-    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    let dir = support::TempDir::new();
-    let file = dir.0.join("payload");
-    std::fs::write(&file, &payload).unwrap();
-    let out = Command::new("curl")
-        .args(["-s", "-S", "-m", "20", "-H", "Transfer-Encoding: chunked", "--data-binary"])
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{base}/echo"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.stdout.len(), payload.len());
-    assert!(out.stdout == payload, "echoed body differs");
-
-    // Keep-alive: several requests on one connection.
-    let (body, stderr) = curl(&["-v", &format!("{base}/a"), &format!("{base}/b"), &format!("{base}/c")]);
-    assert_eq!(body.matches("\"server\":\"web\"").count() + body.matches("\"server\": \"web\"").count(), 3, "{body}");
-    assert!(
-        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing connection"),
-        "curl did not reuse the connection:\n{stderr}"
-    );
+    assert_eq!(hop_connections(web_in, "http2"), 1.0, "{}", web_in.metrics());
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        // WebSocket upgrade.
-        let echoes =
-            trellis_testkit::ws::ws_echo_roundtrip(&format!("ws://{}/ws", mesh.http), &["one", "two"]).await.unwrap();
-        assert_eq!(echoes, vec!["one", "two"]);
-
         // gRPC unary and bidirectional streaming.
         let mut client = trellis_testkit::grpc::echo_client(mesh.grpc).await.unwrap();
         let reply = client.unary(trellis_testkit::grpc::echo_request("ping")).await.unwrap().into_inner();
@@ -182,6 +152,60 @@ fn every_protocol_crosses_two_proxies_in_explicit_mode() {
     assert_eq!(&buf, b"hello over tcp");
     drop(stream);
     let _ = &mesh.client_proxy;
+}
+
+#[test]
+fn http1_can_cross_between_proxies_multiplexed_over_http2() {
+    let mesh = mesh("multiplex");
+    http1_crosses(&mesh);
+    let web_in = &mesh.server_proxies[0];
+    // One multiplexed connection carried the requests; the WebSocket upgrade had its own.
+    assert_eq!(hop_connections(web_in, "http2"), 1.0, "HTTP/1.1 was not multiplexed:\n{}", web_in.metrics());
+    assert_eq!(hop_connections(web_in, "http1"), 1.0, "{}", web_in.metrics());
+}
+
+/// HTTP/1.1 through the web service: the app sees HTTP/1.1 (whatever crossed between the
+/// proxies), a chunked upload streams, keep-alive holds, and a WebSocket upgrade works.
+fn http1_crosses(mesh: &Mesh) {
+    let base = format!("http://{}", mesh.http);
+    let (body, _) = curl(&[&format!("{base}/hello?x=1"), "-H", "x-test: 1"]);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["server"], "web");
+    assert_eq!(json["version"], "HTTP/1.1");
+    assert_eq!(json["path"], "/hello?x=1");
+    assert_eq!(json["headers"]["x-test"], "1");
+    assert!(json["headers"].get("x-trellis-orig-proto").is_none(), "marker header leaked to the app: {json}");
+
+    // A chunked upload (curl adds Expect: 100-continue for a large body) streams to /echo.
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let dir = support::TempDir::new();
+    let file = dir.0.join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-S", "-m", "20", "-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{base}/echo"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), payload.len());
+    assert!(out.stdout == payload, "echoed body differs");
+
+    // Keep-alive: several requests on one connection.
+    let (body, stderr) = curl(&["-v", &format!("{base}/a"), &format!("{base}/b"), &format!("{base}/c")]);
+    assert_eq!(body.matches("\"server\":\"web\"").count() + body.matches("\"server\": \"web\"").count(), 3, "{body}");
+    assert!(
+        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing connection"),
+        "curl did not reuse the connection:\n{stderr}"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // WebSocket upgrade.
+        let echoes =
+            trellis_testkit::ws::ws_echo_roundtrip(&format!("ws://{}/ws", mesh.http), &["one", "two"]).await.unwrap();
+        assert_eq!(echoes, vec!["one", "two"]);
+    });
 }
 
 #[test]
@@ -267,13 +291,26 @@ fn counting_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUs
 
 #[test]
 fn upstream_connections_are_reused_on_both_hops() {
+    // Kept HTTP/1.1 between the proxies: pooled like the backend's connections.
+    let (proxies, backend) = reuse_between_proxies("keep");
+    assert!((1..=9).contains(&proxies), "54 requests, at most 8 at a time, opened {proxies} connections between the proxies");
+    assert!((1..=9).contains(&backend), "54 requests, at most 8 at a time, opened {backend} backend connections");
+    // Multiplexed: one HTTP/2 connection between the proxies carried all of them.
+    let (proxies, backend) = reuse_between_proxies("multiplex");
+    assert_eq!(proxies, 1, "HTTP/2 connections between the proxies");
+    assert!((1..=9).contains(&backend), "54 requests, at most 8 at a time, opened {backend} backend connections");
+}
+
+/// Sends 30 requests one after another, each on a new client connection, then 3 rounds of 8
+/// at once, through two proxies (the service's `meshHttp1` set to `mesh_http1`). Returns how
+/// many connections were opened between the proxies and to the backend.
+fn reuse_between_proxies(mesh_http1: &str) -> (usize, usize) {
     let (backend, accepted) = counting_backend();
     let (server_proxy, inbound) = inbound_proxy(backend);
     let listen = free_port();
     let _client_proxy = TestProxy::start(&format!(
-        "kind: Proxy\nadmin: '{{admin}}'\nexplicit: [{{listen: '127.0.0.1:{listen}', service: web}}]\n---\nkind: Service\nname: web\n---\nkind: Endpoints\nservice: web\nendpoints: [{{address: '{inbound}', meshed: true}}]\n"
+        "kind: Proxy\nadmin: '{{admin}}'\nexplicit: [{{listen: '127.0.0.1:{listen}', service: web}}]\n---\nkind: Service\nname: web\nmeshHttp1: {mesh_http1}\n---\nkind: Endpoints\nservice: web\nendpoints: [{{address: '{inbound}', meshed: true}}]\n"
     ));
-    // 30 requests one after another, each on a new client connection, then 3 rounds of 8 at once.
     for i in 0..30 {
         let (body, _) = curl(&[&format!("http://127.0.0.1:{listen}/seq/{i}")]);
         assert_eq!(body, "ok");
@@ -283,6 +320,12 @@ fn upstream_connections_are_reused_on_both_hops() {
         1,
         "sequential requests did not reuse the backend connection"
     );
+    assert_eq!(
+        hop_connections(&server_proxy, "http1") + hop_connections(&server_proxy, "http2"),
+        1.0,
+        "sequential requests did not reuse the connection between the proxies:\n{}",
+        server_proxy.metrics()
+    );
     for _ in 0..3 {
         let urls: Vec<String> = (0..8).map(|i| format!("http://127.0.0.1:{listen}/par/{i}")).collect();
         let mut args = vec!["--parallel", "--parallel-immediate", "--parallel-max", "8"];
@@ -290,10 +333,6 @@ fn upstream_connections_are_reused_on_both_hops() {
         let (body, _) = curl(&args);
         assert_eq!(body, "ok".repeat(8));
     }
-    let opened = accepted.load(std::sync::atomic::Ordering::SeqCst);
-    assert!((1..=9).contains(&opened), "54 requests, at most 8 at a time, opened {opened} backend connections");
-    // Between the proxies: one multiplexed HTTP/2 connection carried all of them.
-    let h2 =
-        server_proxy.metric_sum("trellis_protocol_detections_total", &["direction=\"inbound\"", "outcome=\"http2\""]);
-    assert_eq!(h2, 1.0, "{}", server_proxy.metrics());
+    let between = hop_connections(&server_proxy, "http1") + hop_connections(&server_proxy, "http2");
+    (between as usize, accepted.load(std::sync::atomic::Ordering::SeqCst))
 }

@@ -1,12 +1,13 @@
 //! `forward`: sends the request to the chosen endpoint and streams the response back.
 //!
-//! It picks the wire protocol per request: HTTP/2 to meshed endpoints (HTTP/1.1 requests
-//! then travel multiplexed, marked with [`ORIG_PROTO_HEADER`] so the far proxy turns them
-//! back into HTTP/1.1), HTTP/2 when the client spoke HTTP/2, HTTP/1.1 otherwise and for
-//! upgrades (WebSocket), whose two halves are then spliced together.
+//! It picks the wire protocol per request: the client's own (HTTP/2 or HTTP/1.1), except
+//! that HTTP/1.1 to a meshed endpoint of a service with `meshHttp1: multiplex` travels over
+//! HTTP/2, marked with [`ORIG_PROTO_HEADER`] so the far proxy turns it back into HTTP/1.1.
+//! Upgrades (WebSocket) always use HTTP/1.1; their two halves are then spliced together.
 
 use crate::body::Body;
 use crate::chain::{BoxFuture, Element, Next, RequestContext};
+use crate::config::{Backend, Target};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::upstream::{UpstreamError, Upstreams, Wire};
 use futures_util::FutureExt;
@@ -68,11 +69,21 @@ impl Element for Forward {
             let response = error.into_response(is_grpc(request.headers()));
             return Box::pin(std::future::ready(response));
         };
-        let upgrading = request.headers().contains_key(header::UPGRADE);
-        let wire = if target.meshed && !upgrading { Wire::Http2 } else { natural_wire(&request) };
+        let wire = wire_to(&request, target, backend);
         let (addr, peer, label, timeout) =
             (target.addr, target.identity.clone(), backend.label.clone(), backend.connect_timeout);
         Box::pin(send(&self.upstreams, addr, peer, label, wire, timeout, request))
+    }
+}
+
+/// The wire protocol to one endpoint of `backend`: the client's own, except that HTTP/1.1
+/// to a meshed endpoint of a service that multiplexes it travels over HTTP/2.
+pub fn wire_to<B>(request: &Request<B>, target: &Target, backend: &Backend) -> Wire {
+    match natural_wire(request) {
+        Wire::Http1 if target.meshed && backend.multiplex_http1 && !request.headers().contains_key(header::UPGRADE) => {
+            Wire::Http2
+        }
+        natural => natural,
     }
 }
 

@@ -9,7 +9,7 @@ use crate::body::{Body, BoxError};
 use crate::chain::{BoxFuture, Element, Next};
 use crate::config::Backend;
 use crate::metrics::Metrics;
-use crate::upstream::{Upstreams, Wire};
+use crate::upstream::Upstreams;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame};
@@ -84,11 +84,7 @@ impl Element for Mirror {
                 None => "no-endpoints",
                 Some(index) => {
                     let target = &backend.endpoints[index];
-                    let wire = if target.meshed || copy.version() == http::Version::HTTP_2 {
-                        Wire::Http2
-                    } else {
-                        Wire::Http1
-                    };
+                    let wire = super::forward::wire_to(&copy, target, &backend);
                     let response = super::forward::send(
                         &upstreams,
                         target.addr,

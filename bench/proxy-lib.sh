@@ -12,6 +12,10 @@ WORKERS=${WORKERS:-1}
 # The L7 routes the client-side proxy evaluates for every request, the same in Trellis and
 # Envoy: a header match that does not hold, then a path-prefix route with a timeout and a
 # retry policy that forwards everything the benchmark sends.
+# How HTTP/1.1 crosses between the two proxies of Trellis and Envoy: `keep` (HTTP/1.1 on
+# pooled keep-alive connections, both systems' default as a mesh) or `multiplex` (over one
+# HTTP/2 connection: Trellis's `meshHttp1: multiplex`, Envoy's http2_protocol_options).
+MESH_HTTP1=${MESH_HTTP1:-keep}
 TRELLIS_ROUTES="routes: [{name: debug, match: {headers: {x-debug: '1'}}, timeout: 1s}, {name: bytes, match: {path: {prefix: /bytes/}, method: GET}, timeout: 10s, retries: {attempts: 2, on: [connect-failure, reset]}}]"
 
 # bench_prerequisites: curl, /proc, and jq or python3 for trellis-bench's JSON; sets JSON and
@@ -240,6 +244,7 @@ ${PAIR_CLIENT_EXTRA:-}
 ---
 kind: Service
 name: web
+meshHttp1: $MESH_HTTP1
 $TRELLIS_ROUTES
 ---
 kind: Endpoints
@@ -275,7 +280,7 @@ start_trellis_proxies() {
 
 # mtls_pair LABEL: like proxy_pair, but both proxies join a control plane (started here, `trellis
 # control`) with single-use join tokens, get SPIFFE certificates from its CA, and talk mutual
-# TLS 1.3 (HTTP/2 inside) under a strict Policy; the routes come from the control plane. Sets
+# TLS 1.3 under a strict Policy; the routes come from the control plane. Sets
 # the same variables plus CONTROL_PID, CLIENT_STATE and SERVER_INBOUND.
 mtls_pair() {
     local label=$1
@@ -296,6 +301,7 @@ kind: Service
 name: web
 namespace: bench
 ports: [{port: 80, protocol: http}]
+meshHttp1: $MESH_HTTP1
 $TRELLIS_ROUTES
 ---
 kind: Policy
@@ -337,8 +343,8 @@ EOF
     check_body "$CLIENT_URL"
 }
 
-# envoy_pair LABEL [mtls]: the same two hops through Envoy (client listener → HTTP/2 →
-# server listener → backend over HTTP/1.1), each Envoy with WORKERS worker threads; with
+# envoy_pair LABEL [mtls]: the same two hops through Envoy (client listener → HTTP/1.1, or
+# HTTP/2 with MESH_HTTP1=multiplex → server listener → backend over HTTP/1.1), each Envoy with WORKERS worker threads; with
 # `mtls`, the hop between them is mutual TLS 1.3 with certificates from envoy_certificates.
 # Sets CLIENT_PID, SERVER_PID, CLIENT_URL, CLIENT_ADMIN, SERVER_ADMIN. Needs ENVOY (the
 # binary). ENVOY_CLIENT_CLUSTERS and ENVOY_CLIENT_VHOSTS name files of clusters and virtual
@@ -387,12 +393,13 @@ envoy_certificates() {
 # envoy_common_tls OWN PEER INDENT: the common_tls_context of one side of the mutual TLS 1.3
 # hop, presenting OWN's certificate and accepting only PEER's SPIFFE ID, indented by INDENT.
 envoy_common_tls() {
-    local pki=$TMP/envoy-pki pad
+    local pki=$TMP/envoy-pki pad alpn=http/1.1
+    [[ $MESH_HTTP1 == multiplex ]] && alpn=h2
     printf -v pad '%*s' "$3" ''
     sed "s/^/$pad/" <<EOF
 common_tls_context:
   tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}
-  alpn_protocols: [h2]
+  alpn_protocols: [$alpn]
   tls_certificates: [{certificate_chain: {filename: $pki/$1.pem}, private_key: {filename: $pki/$1.key}}]
   validation_context:
     trusted_ca: {filename: $pki/ca.pem}
@@ -401,8 +408,8 @@ EOF
 }
 
 # envoy_config FILE client|server ADMIN LISTEN UPSTREAM [mtls]: one listener and one upstream
-# cluster. The client side evaluates the same routes as TRELLIS_ROUTES and speaks HTTP/2 to
-# the server side; the server side forwards everything to the backend over HTTP/1.1. With
+# cluster. The client side evaluates the same routes as TRELLIS_ROUTES and speaks HTTP/1.1
+# (HTTP/2 with MESH_HTTP1=multiplex) to the server side; the server side forwards everything to the backend over HTTP/1.1. With
 # `mtls` the hop between them is mutual TLS 1.3, each side checking the other's SPIFFE ID.
 envoy_config() {
     local file=$1 side=$2 admin=$3 listen=$4 upstream=$5 tls=${6:-}
@@ -415,11 +422,13 @@ envoy_config() {
                 route: {cluster: up, timeout: 1s}
               - match: {prefix: "/bytes/", headers: [{name: ":method", string_match: {exact: GET}}]}
                 route: {cluster: up, timeout: 10s, retry_policy: {retry_on: "connect-failure,reset", num_retries: 1}}'
-        cluster_options='
+        local upstream_http=http_protocol_options
+        [[ $MESH_HTTP1 == multiplex ]] && upstream_http=http2_protocol_options
+        cluster_options="
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}'
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {$upstream_http: {}}"
         if [[ -n $tls ]]; then
             cluster_options+="
     transport_socket:

@@ -8,8 +8,8 @@
 # from each request's intended start) through three paths, one after the other:
 #
 #   direct      generator → backend
-#   meshed      generator → client proxy → (HTTP/2) → server proxy → backend
-#   mtls        generator → client proxy → (HTTP/2 in mutual TLS) → server proxy → backend
+#   meshed      generator → client proxy → (HTTP/2, `meshHttp1: multiplex`) → server proxy → backend
+#   mtls        generator → client proxy → (HTTP/1.1 in mutual TLS) → server proxy → backend
 #   not meshed  generator → client proxy → (HTTP/1.1) → server proxy → backend
 #
 # The client proxy has an explicit listener bound to a service whose one endpoint is the server
@@ -104,7 +104,7 @@ start_backend
 declare -A DETECTED=()
 measure direct "$BACKEND_URL" backend="$BACKEND_PID"
 
-proxy_pair meshed true
+MESH_HTTP1=multiplex proxy_pair meshed true
 measure meshed "$CLIENT_URL" client="$CLIENT_PID" server="$SERVER_PID" backend="$BACKEND_PID"
 DETECTED[meshed-client]=$(detections "$CLIENT_ADMIN")
 DETECTED[meshed-server]=$(detections "$SERVER_ADMIN")
@@ -143,7 +143,7 @@ delta() { # delta A B: A - B with a sign, or "-"
     awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'
 }
 
-declare -A TITLE=([direct]="direct" [meshed]="2 proxies, meshed (HTTP/2 between)" [mtls]="2 proxies, mutual TLS (HTTP/2 in TLS 1.3 between)" [plain]="2 proxies, not meshed (HTTP/1.1 between)")
+declare -A TITLE=([direct]="direct" [meshed]="2 proxies, meshed (HTTP/2 between)" [mtls]="2 proxies, mutual TLS (HTTP/1.1 in TLS 1.3 between)" [plain]="2 proxies, not meshed (HTTP/1.1 between)")
 PATHS=(direct meshed mtls plain)
 D50=$(num "$TMP/direct.json" latency_ms.p50)
 D99=$(num "$TMP/direct.json" latency_ms.p99)

@@ -289,6 +289,74 @@ fn counting_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUs
     (addr, accepted)
 }
 
+/// A backend that answers the first request on each connection (keep-alive) and closes the
+/// connection on the next one without answering, as a server closing an idle connection just
+/// as a request arrives does. Counts the connections it accepted and those it closed so.
+fn closing_backend() -> (SocketAddr, [std::sync::Arc<std::sync::atomic::AtomicUsize>; 2]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counters = [std::sync::Arc::new(AtomicUsize::new(0)), std::sync::Arc::new(AtomicUsize::new(0))];
+    let [accepted, closed] = counters.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let closed = closed.clone();
+            std::thread::spawn(move || {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if answered {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return; // closes without answering
+                        }
+                        buffer.drain(..end + 4);
+                        answered = true;
+                        if stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, counters)
+}
+
+#[test]
+fn a_request_the_upstream_closes_an_idle_pooled_connection_under_is_sent_again_if_it_may_be() {
+    let (backend, [accepted, closed]) = closing_backend();
+    let count = |counter: &std::sync::atomic::AtomicUsize| counter.load(std::sync::atomic::Ordering::SeqCst);
+    let listen = free_port();
+    let _proxy = TestProxy::start(&format!(
+        "kind: Proxy\nadmin: '{{admin}}'\nexplicit: [{{listen: '127.0.0.1:{listen}', service: web}}]\n---\nkind: Endpoints\nservice: web\nendpoints: [{{address: '{backend}'}}]\n"
+    ));
+    let status = |args: &[&str]| {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        curl(&all).0
+    };
+    let url = format!("http://127.0.0.1:{listen}/");
+    assert_eq!(status(&[&url]), "200");
+    // Idle long enough that the proxy expects the far side may close it (1 s).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The pooled connection is closed under the second GET: it goes again on a new one.
+    assert_eq!(status(&[&url]), "200", "a GET on a connection the upstream closed was not sent again");
+    assert_eq!((count(&accepted), count(&closed)), (2, 1), "(connections, closed under a request)");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // A POST with a body is never sent twice: the client learns the upstream reset it.
+    assert_eq!(status(&["--data", "x", &url]), "502");
+    assert_eq!((count(&accepted), count(&closed)), (2, 2), "the POST was sent again");
+}
+
 #[test]
 fn upstream_connections_are_reused_on_both_hops() {
     // Kept HTTP/1.1 between the proxies: pooled like the backend's connections.

@@ -31,6 +31,11 @@ const MAX_POOLED_PER_ENDPOINT: usize = 1024;
 /// 30 s after which an idle Trellis proxy inbound closes a connection (`http.rs`), so that a
 /// request is not sent on a connection the far proxy is closing at that moment.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A pooled connection idle at least this long may have been closed at the far end by a
+/// keep-alive timeout (Node.js's is 5 s) just as a request goes out on it: a request that may
+/// be sent again keeps a copy of its head for that case. Busier connections do not pay for
+/// the copy.
+const RESEND_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Wire {
@@ -217,18 +222,26 @@ impl Upstreams {
                 None => pools.entry(key.clone()).or_default().clone(),
             }
         };
-        // Reuse a pooled connection if one is alive; a request the pool could not even start
-        // on a stale connection is moved to a fresh one.
+        // Reuse a pooled connection if one is alive. A request the pool could not even start
+        // on a stale connection is moved to a fresh one, and so is one the upstream closed a
+        // long-idle connection under without answering, when it may be sent again (see
+        // `RESEND_AFTER_IDLE` and `to_resend`).
         if !upgrading {
-            while let Some(mut sender) = take_ready(&idle) {
+            while let Some((mut sender, idle_for)) = take_ready(&idle) {
+                let again = if idle_for >= RESEND_AFTER_IDLE { to_resend(&request) } else { None };
                 match sender.try_send_request(request).await {
                     Ok(response) => {
                         put_back(&idle, sender);
                         return Ok(response);
                     }
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => request = unsent,
-                        None => return Err(UpstreamError::from_hyper(e.into_error())),
+                    Err(mut e) => match (e.take_message(), again) {
+                        (Some(unsent), _) => request = unsent,
+                        (None, Some(again)) if closed_under_request(e.error()) => {
+                            tracing::debug!(%addr, "a pooled connection closed before answering; sending again on a new one");
+                            request = again;
+                            break;
+                        }
+                        (None, _) => return Err(UpstreamError::from_hyper(e.into_error())),
                     },
                 }
             }
@@ -281,9 +294,33 @@ impl Upstreams {
     }
 }
 
-/// A pooled connection ready for a request, dropping closed ones and those idle for too
-/// long; busy ones stay.
-fn take_ready(pool: &Mutex<Vec<PooledConnection>>) -> Option<http1::SendRequest<Body>> {
+/// A copy of `request` to send again if the pooled connection it goes out on turns out to be
+/// closed by the upstream before any answer: only for a request that may be repeated without
+/// asking (idempotent, RFC 9110 §9.2.2) and has no body, so the copy is its head alone.
+fn to_resend(request: &Request<Body>) -> Option<Request<Body>> {
+    use http_body::Body as _;
+    if !request.method().is_idempotent() || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
+
+/// The upstream closed or reset the connection instead of answering (what a keep-alive
+/// connection closed at the far end as the request went out looks like).
+fn closed_under_request(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    let io_kind = std::error::Error::source(error).and_then(|e| e.downcast_ref::<std::io::Error>()).map(|e| e.kind());
+    error.is_incomplete_message() || matches!(io_kind, Some(ConnectionReset | BrokenPipe | ConnectionAborted))
+}
+
+/// A pooled connection ready for a request and how long it has been idle, dropping closed
+/// ones and those idle for too long; busy ones stay.
+fn take_ready(pool: &Mutex<Vec<PooledConnection>>) -> Option<(http1::SendRequest<Body>, Duration)> {
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
     let mut i = pool.len();
@@ -294,10 +331,12 @@ fn take_ready(pool: &Mutex<Vec<PooledConnection>>) -> Option<http1::SendRequest<
             pool.swap_remove(i);
         } else if !connection.sender.is_ready() {
             connection.since = now;
-        } else if now.duration_since(connection.since) >= IDLE_TIMEOUT {
-            pool.swap_remove(i);
         } else {
-            return Some(pool.swap_remove(i).sender);
+            let idle_for = now.duration_since(connection.since);
+            let connection = pool.swap_remove(i);
+            if idle_for < IDLE_TIMEOUT {
+                return Some((connection.sender, idle_for));
+            }
         }
     }
     None

@@ -90,7 +90,7 @@ pub async fn get(conn: &Connection, what: &str, namespace: Option<&str>, output:
     let (status, body) = conn.call(http::Method::GET, &path, None).await?;
     let body = expect_ok(status, body)?;
     print(output, &body, |body| {
-        println!("{:<16} {:<28} {:>10} {:>9}  {}", "NAMESPACE", "NAME", "GENERATION", "REVISION", "CHANGED BY");
+        println!("{:<16} {:<28} {:>10} {:>9}  CHANGED BY", "NAMESPACE", "NAME", "GENERATION", "REVISION");
         for item in body["items"].as_array().into_iter().flatten() {
             println!(
                 "{:<16} {:<28} {:>10} {:>9}  {}",
@@ -113,8 +113,8 @@ async fn proxies(conn: &Connection, namespace: Option<&str>, output: Output) -> 
     }
     print(output, &body, |body| {
         println!(
-            "{:<28} {:<24} {:<10} {:<17} {:<8} {:>9}  {}",
-            "PROXY", "WORKLOAD", "STATE", "ACKED VERSION", "IN SYNC", "LAST SEEN", "LAST NACK"
+            "{:<28} {:<24} {:<10} {:<17} {:<8} {:>9}  LAST NACK",
+            "PROXY", "WORKLOAD", "STATE", "ACKED VERSION", "IN SYNC", "LAST SEEN"
         );
         for p in body["items"].as_array().into_iter().flatten() {
             let workload = format!(
@@ -146,7 +146,7 @@ async fn endpoints(conn: &Connection, service: &str, namespace: &str, output: Ou
     let (status, body) = conn.call(http::Method::GET, &format!("/v1/endpoints/{namespace}/{service}"), None).await?;
     let body = expect_ok(status, body)?;
     print(output, &body, |body| {
-        println!("{:<22} {:<11} {:<6} {:<28} {}", "ADDRESS", "SOURCE", "READY", "PROXY", "LABELS");
+        println!("{:<22} {:<11} {:<6} {:<28} LABELS", "ADDRESS", "SOURCE", "READY", "PROXY");
         for e in body["items"].as_array().into_iter().flatten() {
             let labels: Vec<String> = e["labels"]
                 .as_object()
@@ -178,7 +178,7 @@ pub async fn history(conn: &Connection, target: &str, namespace: &str, output: O
         conn.call(http::Method::GET, &format!("/v1/resources/{kind}/{ns}/{name}/history"), None).await?;
     let body = expect_ok(status, body)?;
     print(output, &body, |body| {
-        println!("{:>10} {:>9}  {:<10} {:<24} {}", "GENERATION", "REVISION", "ACTION", "TIME (UTC)", "BY");
+        println!("{:>10} {:>9}  {:<10} {:<24} BY", "GENERATION", "REVISION", "ACTION", "TIME (UTC)");
         for g in body["generations"].as_array().into_iter().flatten() {
             let action = if g["deleted"].as_bool().unwrap_or(false) { "deleted" } else { "applied" };
             let time = g["time_unix_ms"].as_u64().map(|ms| format!("{}", ms / 1000)).unwrap_or_default();

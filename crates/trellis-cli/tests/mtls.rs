@@ -211,8 +211,9 @@ fn strict_mtls_and_policy_between_two_joined_proxies() {
     ];
     let certs: std::collections::HashMap<&str, (PathBuf, PathBuf)> =
         ids.iter().map(|(name, id)| (*name, mesh_cert(&tmp, &signer, name, id, false))).collect();
-    // (identity, method, path, header, expected status, expected rule)
-    let matrix: &[(&str, &str, &str, Option<&str>, u16, &str)] = &[
+    /// (identity, method, path, header, expected status, expected rule)
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, u16, &'a str);
+    let matrix: &[Case] = &[
         ("web", "GET", "/items", None, 200, ""),
         ("web", "HEAD", "/items", None, 200, ""),
         ("web", "POST", "/items", None, 403, "default-deny"),

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # compare.sh: the same workload, in one run, through a direct connection and through two
-# proxies of each system: Trellis (plain and mutual TLS), Envoy 1.40 (plain and mutual TLS)
-# and HAProxy (plain).
+# proxies of each system: Trellis (plain and mutual TLS), Envoy 1.40 (plain and mutual TLS),
+# each mutual-TLS row also with HTTP/2 between the proxies, and HAProxy (plain).
 #
-#   bench/compare.sh            # the full run (about 18 minutes on 2 cores)
+#   bench/compare.sh            # the full run (about 21 minutes on 2 cores)
 #   SMOKE=1 bench/compare.sh    # every phase for a second or two: checks that it works
 #
 # Every proxied path is two hops: generator → client-side proxy → server-side proxy →

@@ -9,13 +9,13 @@
 # --concurrency, HAProxy's nbthread, trellis-proxy's --workers).
 WORKERS=${WORKERS:-1}
 
-# The L7 routes the client-side proxy evaluates for every request, the same in Trellis and
-# Envoy: a header match that does not hold, then a path-prefix route with a timeout and a
-# retry policy that forwards everything the benchmark sends.
 # How HTTP/1.1 crosses between the two proxies of Trellis and Envoy: `keep` (HTTP/1.1 on
 # pooled keep-alive connections, both systems' default as a mesh) or `multiplex` (over one
 # HTTP/2 connection: Trellis's `meshHttp1: multiplex`, Envoy's http2_protocol_options).
 MESH_HTTP1=${MESH_HTTP1:-keep}
+# The L7 routes the client-side proxy evaluates for every request, the same in Trellis and
+# Envoy: a header match that does not hold, then a path-prefix route with a timeout and a
+# retry policy that forwards everything the benchmark sends.
 TRELLIS_ROUTES="routes: [{name: debug, match: {headers: {x-debug: '1'}}, timeout: 1s}, {name: bytes, match: {path: {prefix: /bytes/}, method: GET}, timeout: 10s, retries: {attempts: 2, on: [connect-failure, reset]}}]"
 
 # bench_prerequisites: curl, /proc, and jq or python3 for trellis-bench's JSON; sets JSON and
@@ -344,8 +344,9 @@ EOF
 }
 
 # envoy_pair LABEL [mtls]: the same two hops through Envoy (client listener → HTTP/1.1, or
-# HTTP/2 with MESH_HTTP1=multiplex → server listener → backend over HTTP/1.1), each Envoy with WORKERS worker threads; with
-# `mtls`, the hop between them is mutual TLS 1.3 with certificates from envoy_certificates.
+# HTTP/2 with MESH_HTTP1=multiplex → server listener → backend over HTTP/1.1), each Envoy
+# with WORKERS worker threads; with `mtls`, the hop between them is mutual TLS 1.3 with
+# certificates from envoy_certificates.
 # Sets CLIENT_PID, SERVER_PID, CLIENT_URL, CLIENT_ADMIN, SERVER_ADMIN. Needs ENVOY (the
 # binary). ENVOY_CLIENT_CLUSTERS and ENVOY_CLIENT_VHOSTS name files of clusters and virtual
 # hosts to add to the client's configuration (YAML at their indentation). Files, not text:
@@ -409,8 +410,8 @@ EOF
 
 # envoy_config FILE client|server ADMIN LISTEN UPSTREAM [mtls]: one listener and one upstream
 # cluster. The client side evaluates the same routes as TRELLIS_ROUTES and speaks HTTP/1.1
-# (HTTP/2 with MESH_HTTP1=multiplex) to the server side; the server side forwards everything to the backend over HTTP/1.1. With
-# `mtls` the hop between them is mutual TLS 1.3, each side checking the other's SPIFFE ID.
+# (HTTP/2 with MESH_HTTP1=multiplex) to the server side; the server side forwards everything
+# to the backend over HTTP/1.1. With `mtls` the hop between them is mutual TLS 1.3, each side checking the other's SPIFFE ID.
 envoy_config() {
     local file=$1 side=$2 admin=$3 listen=$4 upstream=$5 tls=${6:-}
     local listener_tls="" cluster_options="" routes extra_vhosts="" extra_clusters=""

@@ -20,12 +20,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a draining proxy keeps an idle HTTP/1.1 connection open, answering a request
+/// that arrives on it with `Connection: close`. A client (another proxy's pool) may be
+/// sending on it at that moment; closing it at once would reset that request. By the end,
+/// the control plane has heard that this proxy is draining and told its callers.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Which side of the application a connection is on, and what it is bound to.
 #[derive(Clone, Debug)]
@@ -53,7 +59,13 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut drain = shared.drain_signal();
-    let handler = Arc::new(Handler { side, connection, shared: shared.clone(), stats: Default::default() });
+    let handler = Arc::new(Handler {
+        side,
+        connection,
+        shared: shared.clone(),
+        stats: Default::default(),
+        closing: AtomicBool::new(false),
+    });
     let io = TokioIo::new(io);
     if http2 {
         // hyper spawns a task per HTTP/2 stream and moves the request's future into it by
@@ -78,9 +90,16 @@ where
             }
         }
     } else {
+        let draining = handler.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(request).await) }
+            async move {
+                let mut response = handler.handle(request).await;
+                if handler.closing.load(Ordering::Relaxed) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -93,8 +112,15 @@ where
         tokio::select! {
             result = connection.as_mut() => log_end(result),
             _ = drain.changed() => {
-                connection.as_mut().graceful_shutdown();
-                log_end(connection.await);
+                // The next response says `Connection: close`, and hyper closes after it.
+                draining.closing.store(true, Ordering::Relaxed);
+                tokio::select! {
+                    result = connection.as_mut() => log_end(result),
+                    _ = tokio::time::sleep(DRAIN_IDLE_GRACE) => {
+                        connection.as_mut().graceful_shutdown();
+                        log_end(connection.await);
+                    }
+                }
             }
         }
     }
@@ -111,6 +137,8 @@ struct Handler {
     connection: Connection,
     shared: Arc<Shared>,
     stats: Arc<ConnectionStats>,
+    /// HTTP/1.1: the proxy is draining, so responses close the connection.
+    closing: AtomicBool,
 }
 
 /// Labels used for many requests, shared so metrics compare them by pointer.

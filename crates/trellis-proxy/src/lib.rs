@@ -8,7 +8,8 @@
 //!
 //! The configuration ([`config`]) is swapped atomically on reload; requests in flight finish
 //! on the version they started with. On SIGTERM the proxy drains: it stops accepting, lets
-//! connections finish up to a deadline, then exits.
+//! connections finish up to a deadline (an idle HTTP/1.1 connection still answers a request
+//! for a second, with `Connection: close`), then exits.
 
 pub mod admin;
 pub mod authz;

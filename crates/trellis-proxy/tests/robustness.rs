@@ -509,6 +509,30 @@ fn sigterm_drains_in_flight_requests() {
     assert!(proxy.child.output_tail().contains("drained"), "{}", proxy.child.output_tail());
 }
 
+#[test]
+fn a_draining_proxy_still_answers_on_an_idle_keep_alive_connection_then_closes_it() {
+    let (_backend, backend) = spawn_backend(&["http", "--name", "web"]);
+    let port = free_port();
+    let mut proxy = TestProxy::start(&one_backend_config(port, backend));
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = b"GET /bytes/16 HTTP/1.1\r\nhost: web\r\n\r\n";
+    stream.write_all(request).unwrap();
+    let response = read_response(&mut stream);
+    assert_eq!((response.status, response.body.len()), (200, 16));
+
+    // Another proxy's pool may send on an idle connection just as this proxy starts to
+    // drain: the request is still answered, and the answer closes the connection.
+    proxy.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(request).unwrap();
+    let response = read_response(&mut stream);
+    assert_eq!((response.status, response.body.len()), (200, 16));
+    assert_eq!(response.headers.get("connection").map(String::as_str), Some("close"), "{:?}", response.headers);
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "the connection stays open: {rest:?}");
+}
+
 /// The split of `split_config` with `weight: 120`: line 11 of the file (counting the leading
 /// blank line); errors point at column 10, where the destination `{subset: v1, ...}` starts
 /// (as in trellis-api's own tests).

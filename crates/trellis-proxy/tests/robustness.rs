@@ -513,7 +513,7 @@ fn sigterm_drains_in_flight_requests() {
 fn a_draining_proxy_still_answers_on_an_idle_keep_alive_connection_then_closes_it() {
     let (_backend, backend) = spawn_backend(&["http", "--name", "web"]);
     let port = free_port();
-    let mut proxy = TestProxy::start(&one_backend_config(port, backend));
+    let proxy = TestProxy::start(&one_backend_config(port, backend));
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let request = b"GET /bytes/16 HTTP/1.1\r\nhost: web\r\n\r\n";

@@ -29,8 +29,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long a draining proxy keeps an idle HTTP/1.1 connection open, answering a request
 /// that arrives on it with `Connection: close`. A client (another proxy's pool) may be
-/// sending on it at that moment; closing it at once would reset that request. By the end,
-/// the control plane has heard that this proxy is draining and told its callers.
+/// sending on it at that moment; closing it at once would reset that request. Meanwhile the
+/// control plane hears that this proxy is draining and tells its callers.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// Which side of the application a connection is on, and what it is bound to.

@@ -27,6 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a client may take to send a request head; hyper also closes a keep-alive
+/// connection idle this long, so the upstream pool stops reusing connections before it.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a draining proxy keeps an idle HTTP/1.1 connection open, answering a request
 /// that arrives on it with `Connection: close`. A client (another proxy's pool) may be
 /// sending on it at that moment; closing it at once would reset that request. Meanwhile the
@@ -103,8 +106,7 @@ where
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            // Also closes a connection idle this long; the upstream pool's idle timeout is below it.
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .max_buf_size(MAX_HEADER_BYTES.max(8192))
             .serve_connection(io, service)
             .with_upgrades();

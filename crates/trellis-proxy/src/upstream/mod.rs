@@ -27,10 +27,10 @@ use tokio::net::{TcpSocket, TcpStream};
 /// request, so it is well above what one endpoint usually has in flight (Envoy's default
 /// connection limit per cluster is the same).
 const MAX_POOLED_PER_ENDPOINT: usize = 1024;
-/// An HTTP/1.1 connection idle for longer than this is closed rather than reused. Below the
-/// 30 s after which an idle Trellis proxy inbound closes a connection (`http.rs`), so that a
+/// An HTTP/1.1 connection idle for longer than this is closed rather than reused: two thirds
+/// of the time after which an idle Trellis proxy inbound closes a connection, so that a
 /// request is not sent on a connection the far proxy is closing at that moment.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(crate::http::HEADER_READ_TIMEOUT.as_secs() * 2 / 3);
 /// A pooled connection idle at least this long may have been closed at the far end by a
 /// keep-alive timeout (Node.js's is 5 s) just as a request goes out on it: a request that may
 /// be sent again keeps a copy of its head for that case. Busier connections do not pay for

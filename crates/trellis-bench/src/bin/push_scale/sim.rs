@@ -198,15 +198,14 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
     let mut held: HashSet<String> = HashSet::new();
     // The update being received: when its first part came, its bytes and upserts so far, and
     // the awaited change it carries.
-    let mut whole: Option<(Instant, usize, usize)> = None;
-    let mut whole_hit = None;
+    let mut whole = None;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT_EVERY, HEARTBEAT_EVERY);
     let mut stop = shared.stop.clone();
     loop {
         tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(update)) => {
-                    let (received, bytes, upserts) = whole.take().unwrap_or((Instant::now(), 0, 0));
+                    let (received, bytes, upserts, earlier_hit) = whole.take().unwrap_or((Instant::now(), 0, 0, None));
                     let (bytes, upserts) = (bytes + update.encoded_len(), upserts + update.upserts.len());
                     let hit = shared.awaited.borrow().as_ref().filter(|a| a.namespace == plan.namespace).and_then(|a| {
                         update
@@ -224,10 +223,9 @@ async fn proxy_session(proxy: &Proxy, mesh: &Mesh, shared: &Shared) -> Result<()
                     for name in &update.removals {
                         held.remove(name);
                     }
-                    let hit = hit.or(whole_hit.take());
+                    let hit = hit.or(earlier_hit);
                     if update.more {
-                        whole = Some((received, bytes, upserts));
-                        whole_hit = hit;
+                        whole = Some((received, bytes, upserts, hit));
                         continue;
                     }
                     let ack = ProxyMessage { kind: Some(Kind::Ack(Ack { nonce: update.nonce.clone(), error: String::new() })) };

@@ -228,6 +228,7 @@ impl Proxy {
         let identity = Arc::new(identity::Identity::default());
         let upstreams =
             Arc::new(upstream::Upstreams::new(upstream::Connector { mark: settings.mark, identity: identity.clone() }));
+        upstreams.start_sweeping();
         let stats = Arc::new(telemetry::stats::RequestStats::default());
         let telemetry = Arc::new(telemetry::Telemetry {
             stats: stats.clone(),

@@ -1,19 +1,19 @@
 //! Connections to upstream endpoints: connecting (with timeout and socket mark), mutual TLS
-//! to endpoints with a mesh identity, pooling HTTP/1.1 keep-alive connections, and
-//! multiplexing HTTP/2 on one connection per endpoint ([`http2`]).
+//! to endpoints with a mesh identity, pooling HTTP/1.1 keep-alive connections ([`http1`]),
+//! and multiplexing HTTP/2 on one connection per endpoint ([`http2`]).
 //!
 //! Pools are keyed by endpoint address and expected peer identity, and outlive
 //! configuration reloads.
 
+pub mod http1;
 mod http2;
 
 use crate::body::{self, Body, BoxError};
 use crate::identity::{Carried, Identity};
-use futures_util::FutureExt;
 use futures_util::future::Either;
 use http::{Request, Response};
+use http1::Http1Connection;
 use http2::Http2Connection;
-use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// HTTP/1.1 connections kept per endpoint (idle, or still reading a response body). Past
-/// it, a connection is closed after its request: with mutual TLS that is a handshake per
+/// Idle HTTP/1.1 connections kept per endpoint. Past it, a connection is closed after its
+/// request: with mutual TLS that is a handshake per
 /// request, so it is well above what one endpoint usually has in flight (Envoy's default
 /// connection limit per cluster is the same).
 const MAX_POOLED_PER_ENDPOINT: usize = 1024;
@@ -156,12 +156,11 @@ struct Http2Slot {
     connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// An HTTP/1.1 connection in the pool. It goes back as soon as its response head arrived,
-/// and is taken again once hyper says it is ready (the body was read to the end), so that
-/// reuse needs no task per request to wait for that moment.
+/// An idle HTTP/1.1 connection in the pool. It comes back when its response body has been
+/// read to the end (see [`http1`]).
 struct PooledConnection {
-    sender: http1::SendRequest<Body>,
-    /// When it was last seen busy or put back.
+    connection: Http1Connection,
+    /// When it was put back.
     since: Instant,
 }
 
@@ -194,8 +193,7 @@ impl Upstreams {
         let key = (addr, peer);
         match wire {
             Wire::Http1 => {
-                let sent = self.send_http1(key, request, connect_timeout);
-                Either::Left(sent.map(|sent| Ok(sent?.map(body::boxed))))
+                Either::Left(self.send_http1(key, request, connect_timeout))
             }
             Wire::Http2 => match self.live_http2(&key) {
                 Some(connection) => Either::Right(Either::Left(connection.send(request))),
@@ -212,65 +210,103 @@ impl Upstreams {
         key: PoolKey,
         mut request: Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
-        let addr = key.0;
-        let upgrading = request.headers().contains_key(http::header::UPGRADE);
-        let idle = {
+    ) -> Result<Response<Body>, UpstreamError> {
+        if request.headers().contains_key(http::header::UPGRADE) || request.method() == http::Method::CONNECT {
+            // Boxed: rare, and its state would make every request's future larger.
+            return Box::pin(self.send_upgrading(key, request, connect_timeout)).await;
+        }
+        let pool = {
             let mut pools = self.http1.lock().unwrap_or_else(|e| e.into_inner());
             match pools.get(&key) {
                 Some(pool) => pool.clone(),
                 None => pools.entry(key.clone()).or_default().clone(),
             }
         };
-        // Reuse a pooled connection if one is alive. A request the pool could not even start
-        // on a stale connection is moved to a fresh one, and so is one the upstream closed a
-        // long-idle connection under without answering, when it may be sent again (see
-        // `RESEND_AFTER_IDLE` and `to_resend`).
-        if !upgrading {
-            while let Some((mut sender, idle_for)) = take_ready(&idle) {
-                let again = if idle_for >= RESEND_AFTER_IDLE { to_resend(&request) } else { None };
-                match sender.try_send_request(request).await {
-                    Ok(response) => {
-                        put_back(&idle, sender);
-                        return Ok(response);
+        // Reuse a pooled connection if one is alive. A request the upstream closed a
+        // long-idle connection under without answering is moved to a fresh one when it may be
+        // sent again (see `RESEND_AFTER_IDLE` and `to_resend`).
+        if let Some((connection, idle_for)) = take_ready(&pool) {
+            let again = if idle_for >= RESEND_AFTER_IDLE { to_resend(&request) } else { None };
+            match connection.send(request, PoolHome(pool.clone())).await {
+                Ok(response) => return Ok(response),
+                Err(failed) => match again {
+                    Some(again) if failed.unanswered => {
+                        tracing::debug!(addr = %key.0, error = %failed.error, "a pooled connection closed before answering; sending again on a new one");
+                        request = again;
                     }
-                    Err(mut e) => match (e.take_message(), again) {
-                        (Some(unsent), _) => request = unsent,
-                        (None, Some(again)) if closed_under_request(e.error()) => {
-                            tracing::debug!(%addr, "a pooled connection closed before answering; sending again on a new one");
-                            request = again;
-                            break;
-                        }
-                        (None, _) => return Err(UpstreamError::from_hyper(e.into_error())),
-                    },
-                }
+                    _ => return Err(failed.error),
+                },
             }
         }
         // Boxed: connecting (TLS included) is the rare path, and inline its state would make
         // every request's future, which is moved and copied, several kilobytes larger.
-        let mut sender = Box::pin(self.open_http1(addr, key.1.as_deref(), connect_timeout)).await?;
-        let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
-        if !upgrading {
-            put_back(&idle, sender);
-        }
-        Ok(response)
+        let io = Box::pin(self.connector.connect_mesh(key.0, connect_timeout, key.1.as_deref(), Carried::Http1)).await?;
+        Http1Connection::new(io).send(request, PoolHome(pool)).await.map_err(|failed| failed.error)
     }
 
-    async fn open_http1(
+    /// A request that may switch protocols (an `Upgrade`, or CONNECT) goes on a connection of
+    /// its own through hyper, whose upgrade support it needs; the connection is not pooled.
+    async fn send_upgrading(
         &self,
-        addr: SocketAddr,
-        peer: Option<&str>,
+        key: PoolKey,
+        request: Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let stream = self.connector.connect_mesh(addr, connect_timeout, peer, Carried::Http1).await?;
-        let (sender, connection) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::from_hyper)?;
+    ) -> Result<Response<Body>, UpstreamError> {
+        let addr = key.0;
+        let stream = self.connector.connect_mesh(addr, connect_timeout, key.1.as_deref(), Carried::Http1).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::from_hyper)?;
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
             }
         });
-        Ok(sender)
+        let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
+        Ok(response.map(body::boxed))
+    }
+
+    /// Closes pooled HTTP/1.1 connections that have been idle too long or that the upstream
+    /// closed, and forgets endpoints with none left: a pooled connection has no task that
+    /// would notice. Called periodically (see [`Upstreams::start_sweeping`]).
+    pub fn sweep_idle(&self) {
+        let pools: Vec<_> = {
+            let mut pools = self.http1.lock().unwrap_or_else(|e| e.into_inner());
+            // An endpoint's pool that nothing else holds (no response body on its way home)
+            // and that is empty goes.
+            pools.retain(|_, pool| {
+                Arc::strong_count(pool) > 1 || !pool.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+            });
+            pools.values().cloned().collect()
+        };
+        let now = Instant::now();
+        for pool in pools {
+            let closing: Vec<_> = {
+                let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+                let (keep, close) = std::mem::take(&mut *pool)
+                    .into_iter()
+                    .partition(|p: &PooledConnection| now.duration_since(p.since) < IDLE_TIMEOUT);
+                *pool = keep;
+                pool.retain_mut(|p| p.connection.is_usable());
+                close
+            };
+            drop(closing); // closed outside the lock
+        }
+    }
+
+    /// Runs [`Upstreams::sweep_idle`] every few seconds for as long as `self` lives.
+    pub fn start_sweeping(self: &Arc<Self>) {
+        let upstreams = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(IDLE_TIMEOUT / 4);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(upstreams) = upstreams.upgrade() else { return };
+                upstreams.sweep_idle();
+            }
+        });
     }
 
     /// The live HTTP/2 connection to the endpoint, if there is one.
@@ -310,41 +346,28 @@ fn to_resend(request: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
-/// The upstream closed or reset the connection instead of answering (what a keep-alive
-/// connection closed at the far end as the request went out looks like).
-fn closed_under_request(error: &hyper::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    let io_kind = std::error::Error::source(error).and_then(|e| e.downcast_ref::<std::io::Error>()).map(|e| e.kind());
-    error.is_incomplete_message() || matches!(io_kind, Some(ConnectionReset | BrokenPipe | ConnectionAborted))
-}
-
-/// A pooled connection ready for a request and how long it has been idle, dropping closed
-/// ones and those idle for too long; busy ones stay.
-fn take_ready(pool: &Mutex<Vec<PooledConnection>>) -> Option<(http1::SendRequest<Body>, Duration)> {
+/// A pooled connection ready for a request and how long it has been idle, closing those the
+/// upstream closed and those idle for too long.
+fn take_ready(pool: &Mutex<Vec<PooledConnection>>) -> Option<(Http1Connection, Duration)> {
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
-    let mut i = pool.len();
-    while i > 0 {
-        i -= 1;
-        let connection = &mut pool[i];
-        if connection.sender.is_closed() {
-            pool.swap_remove(i);
-        } else if !connection.sender.is_ready() {
-            connection.since = now;
-        } else {
-            let idle_for = now.duration_since(connection.since);
-            let connection = pool.swap_remove(i);
-            if idle_for < IDLE_TIMEOUT {
-                return Some((connection.sender, idle_for));
-            }
+    while let Some(mut pooled) = pool.pop() {
+        let idle_for = now.duration_since(pooled.since);
+        if idle_for < IDLE_TIMEOUT && pooled.connection.is_usable() {
+            return Some((pooled.connection, idle_for));
         }
     }
     None
 }
 
-fn put_back(pool: &Mutex<Vec<PooledConnection>>, sender: http1::SendRequest<Body>) {
-    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.len() < MAX_POOLED_PER_ENDPOINT {
-        pool.push(PooledConnection { sender, since: Instant::now() });
+/// Takes a connection whose response has ended back into its endpoint's pool.
+struct PoolHome(Arc<Mutex<Vec<PooledConnection>>>);
+
+impl http1::Home for PoolHome {
+    fn put_back(&self, connection: Http1Connection) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_POOLED_PER_ENDPOINT {
+            pool.push(PooledConnection { connection, since: Instant::now() });
+        }
     }
 }

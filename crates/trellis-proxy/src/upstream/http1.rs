@@ -20,12 +20,19 @@ use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use std::future::poll_fn;
 use std::io;
-use tokio::io::AsyncWrite;
+use std::cell::RefCell;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-/// Bytes read from the connection at a time (at least).
-const READ_SIZE: usize = 8 * 1024;
+/// Bytes read from a connection at a time, at most: a TLS record's largest plaintext.
+const READ_SIZE: usize = 16 * 1024;
+/// The least a connection's read buffer grows by.
+const READ_BUFFER: usize = 8 * 1024;
+
+thread_local! {
+    static READ_SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SIZE].into_boxed_slice());
+}
 /// Request body bytes gathered before they are written: small bodies go out with the head in
 /// one write (one TLS record), large ones in pieces of this size.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -53,7 +60,7 @@ pub struct Failed {
 
 impl Http1Connection {
     pub fn new(io: BoxedIo) -> Self {
-        Http1Connection { io, read_buf: BytesMut::with_capacity(READ_SIZE), write_buf: BytesMut::new() }
+        Http1Connection { io, read_buf: BytesMut::new(), write_buf: BytesMut::new() }
     }
 
     /// Whether an idle connection can carry a request: the upstream has neither closed it
@@ -63,11 +70,23 @@ impl Http1Connection {
         self.read_buf.is_empty() && matches!(self.poll_read(&mut cx), Poll::Pending)
     }
 
+    /// Reads what the connection has into `read_buf`.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_SIZE / 2 {
-            self.read_buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
+        // Through a buffer that stays initialized: handed memory it must treat as
+        // uninitialized, TLS zeroes all of it first on every read (8 KiB or more), where a
+        // response is usually smaller than that.
+        READ_SCRATCH.with_borrow_mut(|scratch| {
+            let mut read = ReadBuf::new(scratch);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+            let filled = read.filled();
+            // Room for several responses at once: what was split off for earlier ones is
+            // reclaimed once their bytes are dropped, rather than a new buffer each time.
+            if self.read_buf.capacity() - self.read_buf.len() < filled.len() {
+                self.read_buf.reserve(filled.len().max(READ_BUFFER));
+            }
+            self.read_buf.extend_from_slice(filled);
+            Poll::Ready(Ok(filled.len()))
+        })
     }
 
     /// Sends `request` (its URI in origin form, hop-by-hop headers removed) and returns the

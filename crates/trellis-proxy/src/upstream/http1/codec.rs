@@ -169,9 +169,10 @@ fn hex(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
 /// is complete it is split off `buf` (the header values keep pointing into it, uncopied) and
 /// returned; `None` means more bytes are needed.
 pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option<ResponseHead>, Malformed> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let length = match parsed.parse(buf) {
+    // Uninitialized: zeroing a hundred headers for every response costs more than parsing.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(Malformed::HeadTooLong),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -188,17 +189,20 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // Where each header's name and value are, so that the values can be cut out of the head
     // once it is split off the buffer.
+    // (Offsets fit in u32: the head is at most MAX_HEAD long.)
     let start = buf.as_ptr() as usize;
-    let mut places = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut places = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = parsed.headers.len();
     for (place, h) in places.iter_mut().zip(parsed.headers.iter()) {
-        let name = h.name.as_ptr() as usize - start;
-        let value = h.value.as_ptr() as usize - start;
-        *place = (name, name + h.name.len(), value, value + h.value.len());
+        let name = (h.name.as_ptr() as usize - start) as u32;
+        let value = (h.value.as_ptr() as usize - start) as u32;
+        *place = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
     }
     let head = buf.split_to(length).freeze();
     let mut map = HeaderMap::with_capacity(count);
     for &(name_from, name_to, value_from, value_to) in &places[..count] {
+        let (name_from, name_to, value_from, value_to) =
+            (name_from as usize, name_to as usize, value_from as usize, value_to as usize);
         let name = HeaderName::from_bytes(&head[name_from..name_to])
             .map_err(|_| Malformed::Header(String::from_utf8_lossy(&head[name_from..name_to]).into_owned()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_from..value_to))

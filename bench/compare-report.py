@@ -379,9 +379,11 @@ if total and profile and profile.get("ok"):
               ("the element chain (its first element, down to forwarding)", "trellis_proxy::elements::"),
               ("the upstream HTTP/2 connection task (h2)", "trellis_proxy::upstream::http2::Http2Connection::handshake"),
               ("the inbound HTTP/2 connection (h2 via hyper)", "hyper::proto::h2::server::"),
-              ("the upstream HTTP/1.1 connection task (hyper)",
-               "trellis_proxy::upstream::Upstreams::open_http1::{{closure}}::{{closure}}"),
-              ("sending on a pooled HTTP/1.1 connection", "trellis_proxy::upstream::Upstreams::send_http1"),
+              ("the inbound HTTP/1.1 connection (hyper)", "hyper::proto::h1::dispatch::Dispatcher"),
+              ("taking a pooled HTTP/1.1 connection and sending on it", "trellis_proxy::upstream::Upstreams::send_http1"),
+              ("the upstream HTTP/1.1 exchange (request out, response head in)",
+               "trellis_proxy::upstream::http1::Http1Connection::send"),
+              ("reading an upstream HTTP/1.1 response body", "trellis_proxy::upstream::http1::ResponseBody"),
               ("TLS record decryption (rustls)", "rustls::record_layer"),
               ("telemetry (recording a finished request)", "trellis_proxy::telemetry")]
     L += ["", "Inclusive cost of some subsystems (the largest function of each prefix, so nested calls are not "

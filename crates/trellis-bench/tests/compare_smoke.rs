@@ -41,7 +41,7 @@ fn compare_suite_runs_end_to_end_in_smoke_mode() {
         "## Memory (RSS",
         "## Profile: the Trellis mTLS client-side proxy",
         "instructions per request",
-        "| the upstream HTTP/1.1 connection task (hyper) |",
+        "| the upstream HTTP/1.1 exchange (request out, response head in) |",
     ] {
         assert!(report.contains(section), "no {section:?} in the report:\n{report}");
     }

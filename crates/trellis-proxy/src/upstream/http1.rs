@@ -14,7 +14,7 @@ pub mod codec;
 
 use super::{BoxedIo, UpstreamError};
 use crate::body::{Body, BoxError};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use codec::{ChunkedDecoder, Decoded, RequestFraming, ResponseFraming};
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
@@ -214,7 +214,7 @@ impl Exchange {
                 if written == 0 {
                     return Poll::Ready(Err(UploadError::Io(io::ErrorKind::WriteZero.into())));
                 }
-                let _ = connection.write_buf.split_to(written);
+                connection.write_buf.advance(written);
                 self.flushed = false;
                 continue;
             }

@@ -5,7 +5,7 @@
 //! (`fuzz/fuzz_targets/http1_response.rs`). Every malformed input is an [`Malformed`] error
 //! naming what was wrong; nothing here panics on input.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 
@@ -323,7 +323,7 @@ impl ChunkedDecoder {
                         return Err(Malformed::ChunkSize(lossy(line)));
                     }
                     let size = size.iter().fold(0u64, |n, &d| n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0)));
-                    let _ = buf.split_to(end + 1);
+                    buf.advance(end + 1);
                     self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
                 }
                 ChunkState::Data(left) => {
@@ -337,11 +337,11 @@ impl ChunkedDecoder {
                 }
                 ChunkState::DataEnd => match &buf[..] {
                     [b'\r', b'\n', ..] => {
-                        let _ = buf.split_to(2);
+                        buf.advance(2);
                         self.state = ChunkState::Size;
                     }
                     [b'\n', ..] => {
-                        let _ = buf.split_to(1);
+                        buf.advance(1);
                         self.state = ChunkState::Size;
                     }
                     [] | [b'\r'] => return Ok(Decoded::Incomplete),
@@ -359,7 +359,7 @@ impl ChunkedDecoder {
                                     .map_err(|_| Malformed::Header(format!("{name}: the value has a forbidden byte")))?;
                                 trailers.append(name, value);
                             }
-                            let _ = buf.split_to(length);
+                            buf.advance(length);
                             self.state = ChunkState::Done;
                             return Ok(if trailers.is_empty() { Decoded::End } else { Decoded::Trailers(trailers) });
                         }

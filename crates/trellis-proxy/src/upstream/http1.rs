@@ -101,7 +101,10 @@ impl Http1Connection {
         let method = head.method;
         let mut answered = false;
         let head = poll_fn(|cx| exchange.poll_response_head(cx, &method, &mut answered)).await;
-        let head = head.map_err(|error| Failed { error, unanswered: !answered })?;
+        let head = head.map_err(|error| {
+            let unanswered = !answered && matches!(error, UpstreamError::Reset(_));
+            Failed { error, unanswered }
+        })?;
         let (parts, ()) = head.response.into_parts();
         let mut body = ResponseBody {
             exchange: Some(exchange),

@@ -379,7 +379,7 @@ if total and profile and profile.get("ok"):
               ("the element chain (its first element, down to forwarding)", "trellis_proxy::elements::"),
               ("the upstream HTTP/2 connection task (h2)", "trellis_proxy::upstream::http2::Http2Connection::handshake"),
               ("the inbound HTTP/2 connection (h2 via hyper)", "hyper::proto::h2::server::"),
-              ("the inbound HTTP/1.1 connection (hyper)", "hyper::proto::h1::dispatch::Dispatcher"),
+              ("the inbound HTTP/1.1 connection (hyper; the request's handling runs inside it)", "hyper::proto::h1::dispatch::Dispatcher"),
               ("taking a pooled HTTP/1.1 connection and sending on it", "trellis_proxy::upstream::Upstreams::send_http1"),
               ("the upstream HTTP/1.1 exchange (request out, response head in)",
                "trellis_proxy::upstream::http1::Http1Connection::send"),

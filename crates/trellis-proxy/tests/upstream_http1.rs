@@ -26,6 +26,7 @@ fn scripted_answer(request_line: &str) -> (&'static [u8], bool) {
         "/not-http" => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", true),
         "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
         "/old" => (b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold", true),
+        "/too-large" => (b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\n\r\ntoo large", true),
         _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
     }
 }
@@ -59,7 +60,8 @@ fn serve_scripted(mut stream: TcpStream, idle_close: Duration) {
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .map_or(0, |v| v.trim().parse().unwrap());
-            if buffer.len() < end + 4 + body_length {
+            let answers_early = head.starts_with("post /too-large ") || head.starts_with("post /echo-stream ");
+            if buffer.len() < end + 4 + body_length && !answers_early {
                 match stream.read(&mut chunk) {
                     Ok(0) | Err(_) => return,
                     Ok(n) => buffer.extend_from_slice(&chunk[..n]),
@@ -67,6 +69,39 @@ fn serve_scripted(mut stream: TcpStream, idle_close: Duration) {
                 continue;
             }
             let request_line = head.lines().next().unwrap_or_default().to_string();
+            if request_line.contains(" /echo-stream ") {
+                // Echoes the body as it arrives, before the request has ended: both ways at
+                // once, as a streaming server does.
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+                let mut left = body_length;
+                let mut pending = buffer.split_off(end + 4);
+                loop {
+                    if !pending.is_empty() {
+                        let take = pending.len().min(left);
+                        let chunk_head = format!("{take:x}\r\n");
+                        let _ = stream.write_all(chunk_head.as_bytes());
+                        let _ = stream.write_all(&pending[..take]);
+                        let _ = stream.write_all(b"\r\n");
+                        left -= take;
+                        pending.clear();
+                    }
+                    if left == 0 {
+                        let _ = stream.write_all(b"0\r\n\r\n");
+                        return;
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+            if request_line.contains(" /too-large ") {
+                // Answers at once, without reading the body, then reads and drops the rest
+                // (a lingering close, as nginx does, so the client is not reset).
+                let _ = stream.write_all(scripted_answer(&request_line).0);
+                while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
+                return;
+            }
             buffer.drain(..end + 4 + body_length);
             let (answer, close) = scripted_answer(&request_line);
             if stream.write_all(answer).is_err() || close {
@@ -175,4 +210,43 @@ fn a_pooled_connection_the_upstream_closed_while_idle_is_not_used() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 6, "one connection per request, each after the last was closed");
+}
+
+#[test]
+fn an_upstream_answering_before_it_read_the_upload_is_heard() {
+    let (upstream, _) = scripted_upstream(Duration::from_secs(30));
+    let (_proxy, base) = proxy_to(upstream);
+    let upload = format!("/tmp/trellis-upload-{}", std::process::id());
+    std::fs::write(&upload, vec![b'x'; 4 << 20]).unwrap();
+    let data = format!("@{upload}");
+    // With `Expect: 100-continue` (curl's way for large bodies) and without (the body
+    // follows the head at once).
+    for expect in ["expect: 100-continue", "expect:", "expect:"] {
+        let (_, status, _, body) = curl(&["-H", expect, "--data-binary", &data, &format!("{base}/too-large")]);
+        assert_eq!((status.as_str(), body.as_str()), ("413", "too large"), "{expect}: the early answer to a 4 MiB upload");
+    }
+    let _ = std::fs::remove_file(&upload);
+    let (_, status, _, _) = curl(&[&format!("{base}/plain")]);
+    assert_eq!(status, "200");
+}
+
+#[test]
+fn an_upstream_streaming_its_answer_while_it_reads_the_upload_gets_both_ways_at_once() {
+    let (upstream, _) = scripted_upstream(Duration::from_secs(30));
+    let (_proxy, base) = proxy_to(upstream);
+    // Larger than loopback's socket buffers: sending the whole upload before reading any of
+    // the answer would stall both ends.
+    let upload = format!("/tmp/trellis-duplex-{}", std::process::id());
+    let sent: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&upload, &sent).unwrap();
+    let received = format!("{upload}.out");
+    let output = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "20", "-H", "expect:", "--data-binary", &format!("@{upload}"), "-o", &received])
+        .args(["-w", "%{http_code}", &format!("{base}/echo-stream")])
+        .output()
+        .unwrap();
+    let echoed = std::fs::read(&received).unwrap_or_default();
+    let _ = (std::fs::remove_file(&upload), std::fs::remove_file(&received));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200");
+    assert!(echoed == sent, "echoed {} of {} bytes, or different ones", echoed.len(), sent.len());
 }

@@ -234,7 +234,7 @@ fn response_framing(status: StatusCode, method: &Method, headers: &HeaderMap) ->
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // Only chunked as the last coding delimits the body; anything else runs to the close.
-        let last = headers.get_all(header::TRANSFER_ENCODING).iter().last().map(|v| v.as_bytes());
+        let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back().map(|v| v.as_bytes());
         let chunked = last.and_then(|v| v.rsplit(|&b| b == b',').next()).is_some_and(|coding| {
             coding.trim_ascii().eq_ignore_ascii_case(b"chunked")
         });

@@ -350,7 +350,7 @@ impl<H: Home> http_body::Body for ResponseBody<H> {
             return this.fail(format!("the request body failed while the response was read: {e}"));
         }
         loop {
-            let exchange = this.exchange.as_mut().expect("ended bodies returned above");
+            let Some(exchange) = this.exchange.as_mut() else { return Poll::Ready(None) };
             let buf = &mut exchange.connection.read_buf;
             match &mut this.framing {
                 Framing::Length(left) => {

@@ -23,9 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Idle HTTP/1.1 connections kept per endpoint. Past it, a connection is closed after its
-/// request: with mutual TLS that is a handshake per
-/// request, so it is well above what one endpoint usually has in flight (Envoy's default
-/// connection limit per cluster is the same).
+/// request: with mutual TLS that is a handshake per request, so it is well above what one
+/// endpoint usually has in flight (Envoy's default connection limit per cluster is the same).
 const MAX_POOLED_PER_ENDPOINT: usize = 1024;
 /// An HTTP/1.1 connection idle for longer than this is closed rather than reused: two thirds
 /// of the time after which an idle Trellis proxy inbound closes a connection, so that a
@@ -271,28 +270,29 @@ impl Upstreams {
     /// closed, and forgets endpoints with none left: a pooled connection has no task that
     /// would notice. Called periodically (see [`Upstreams::start_sweeping`]).
     pub fn sweep_idle(&self) {
-        let pools: Vec<_> = {
-            let mut pools = self.http1.lock().unwrap_or_else(|e| e.into_inner());
-            // An endpoint's pool that nothing else holds (no response body on its way home)
-            // and that is empty goes.
-            pools.retain(|_, pool| {
-                Arc::strong_count(pool) > 1 || !pool.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-            });
-            pools.values().cloned().collect()
-        };
+        let pools: Vec<_> = self.http1.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         let now = Instant::now();
         for pool in pools {
             let closing: Vec<_> = {
                 let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-                let (keep, close) = std::mem::take(&mut *pool)
-                    .into_iter()
-                    .partition(|p: &PooledConnection| now.duration_since(p.since) < IDLE_TIMEOUT);
+                let (mut keep, mut close) = (Vec::with_capacity(pool.len()), Vec::new());
+                for mut pooled in std::mem::take(&mut *pool) {
+                    if now.duration_since(pooled.since) < IDLE_TIMEOUT && pooled.connection.is_usable() {
+                        keep.push(pooled);
+                    } else {
+                        close.push(pooled);
+                    }
+                }
                 *pool = keep;
-                pool.retain_mut(|p| p.connection.is_usable());
                 close
             };
             drop(closing); // closed outside the lock
         }
+        // An endpoint's pool that is empty and that nothing else holds (no response body on
+        // its way home) goes.
+        self.http1.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, pool| {
+            Arc::strong_count(pool) > 1 || !pool.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        });
     }
 
     /// Runs [`Upstreams::sweep_idle`] every few seconds for as long as `self` lives.
@@ -369,5 +369,52 @@ impl http1::Home for PoolHome {
         if pool.len() < MAX_POOLED_PER_ENDPOINT {
             pool.push(PooledConnection { connection, since: Instant::now() });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend that answers one request per connection and closes it after `linger`.
+    async fn answer_once_then_close(linger: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    tokio::time::sleep(linger).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn pooled(upstreams: &Upstreams, addr: SocketAddr) -> Option<usize> {
+        let pools = upstreams.http1.lock().unwrap();
+        pools.get(&(addr, None)).map(|pool| pool.lock().unwrap().len())
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_pooled_connections_the_upstream_closed_and_forgets_their_endpoint() {
+        let upstreams = Upstreams::new(Connector { mark: 0, identity: Arc::new(Identity::default()) });
+        let addr = answer_once_then_close(Duration::from_millis(100)).await;
+        let request = Request::get("/").header("host", "backend").body(body::empty()).unwrap();
+        let response = upstreams.send(addr, None, Wire::Http1, request, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(pooled(&upstreams, addr), Some(1), "the connection went back to the pool at the body's end");
+        upstreams.sweep_idle();
+        assert_eq!(pooled(&upstreams, addr), Some(1), "a live idle connection stays");
+        tokio::time::sleep(Duration::from_millis(300)).await; // the backend has closed it
+        upstreams.sweep_idle();
+        assert_eq!(pooled(&upstreams, addr), None, "the closed connection and its endpoint's pool are gone");
     }
 }

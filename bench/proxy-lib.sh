@@ -411,7 +411,8 @@ EOF
 # envoy_config FILE client|server ADMIN LISTEN UPSTREAM [mtls]: one listener and one upstream
 # cluster. The client side evaluates the same routes as TRELLIS_ROUTES and speaks HTTP/1.1
 # (HTTP/2 with MESH_HTTP1=multiplex) to the server side; the server side forwards everything
-# to the backend over HTTP/1.1. With `mtls` the hop between them is mutual TLS 1.3, each side checking the other's SPIFFE ID.
+# to the backend over HTTP/1.1. With `mtls` the hop between them is mutual TLS 1.3, each
+# side checking the other's SPIFFE ID.
 envoy_config() {
     local file=$1 side=$2 admin=$3 listen=$4 upstream=$5 tls=${6:-}
     local listener_tls="" cluster_options="" routes extra_vhosts="" extra_clusters=""

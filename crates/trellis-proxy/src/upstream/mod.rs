@@ -269,7 +269,7 @@ impl Upstreams {
     /// Closes pooled HTTP/1.1 connections that have been idle too long or that the upstream
     /// closed, and forgets endpoints with none left: a pooled connection has no task that
     /// would notice. Called periodically (see [`Upstreams::start_sweeping`]).
-    pub fn sweep_idle(&self) {
+    fn sweep_idle(&self) {
         let pools: Vec<_> = self.http1.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         let now = Instant::now();
         for pool in pools {

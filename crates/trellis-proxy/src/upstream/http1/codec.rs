@@ -24,6 +24,10 @@ pub enum Malformed {
     Head(httparse::Error),
     #[error("the response head is longer than {MAX_HEAD} bytes")]
     HeadTooLong,
+    #[error("the response has more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
+    #[error("the response's status {0} is not a valid status code (100 to 999)")]
+    Status(u16),
     #[error("the response has a header that is not valid: {0}")]
     Header(String),
     #[error("the response's content-length is not valid: {0:?}")]
@@ -176,16 +180,15 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(Malformed::HeadTooLong),
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Malformed::Header(format!("more than {MAX_HEADERS}"))),
+        Err(httparse::Error::TooManyHeaders) => return Err(Malformed::TooManyHeaders),
         Err(e) => return Err(Malformed::Head(e)),
     };
     if length > MAX_HEAD {
         return Err(Malformed::HeadTooLong);
     }
-    let status = parsed
-        .code
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .ok_or_else(|| Malformed::Header(format!("status {:?} is out of range", parsed.code)))?;
+    // httparse reads exactly three digits, so only 000 to 099 are refused here.
+    let code = parsed.code.unwrap_or_default();
+    let status = StatusCode::from_u16(code).map_err(|_| Malformed::Status(code))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // Where each header's name and value are, so that the values can be cut out of the head
     // once it is split off the buffer.
@@ -449,6 +452,9 @@ mod tests {
         assert_eq!(same_twice.framing, ResponseFraming::Length(2));
         assert!(matches!(head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", Method::GET), Err(Malformed::ContentLength(_))));
         assert!(matches!(head("HTTP/1.1 999999 OK\r\n\r\n", Method::GET), Err(Malformed::Head(_))));
+        assert_eq!(head("HTTP/1.1 042 OK\r\n\r\n", Method::GET).unwrap_err(), Malformed::Status(42));
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "x: y\r\n".repeat(MAX_HEADERS + 1));
+        assert_eq!(head(&many, Method::GET).unwrap_err(), Malformed::TooManyHeaders);
         assert!(matches!(head("SSH-2.0-OpenSSH\r\n\r\n", Method::GET), Err(Malformed::Head(_))));
         let long = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
         assert_eq!(head(&long, Method::GET).unwrap_err(), Malformed::HeadTooLong);

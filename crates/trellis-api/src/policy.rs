@@ -187,7 +187,7 @@ pub struct Operation {
 /// `spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT`; a trailing `*` matches a prefix.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct SpiffeId(pub String);
+pub struct SpiffeId(pub Box<str>);
 
 impl<'de> Deserialize<'de> for SpiffeId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -201,6 +201,6 @@ impl<'de> Deserialize<'de> for SpiffeId {
         if domain.is_empty() || id.contains(char::is_whitespace) {
             return Err(serde::de::Error::custom(format!("`{id}` has no trust domain or contains spaces")));
         }
-        Ok(SpiffeId(id))
+        Ok(SpiffeId(id.into()))
     }
 }

@@ -93,10 +93,10 @@ impl Snapshot {
                 if !list.iter().any(|e| e.address == registered.address) {
                     list.push(Endpoint {
                         address: registered.address,
-                        labels: registered.labels,
+                        labels: registered.labels.into(),
                         weight: Weight(1),
                         meshed: true,
-                        identity: registered.identity.map(trellis_api::SpiffeId),
+                        identity: registered.identity.map(|id| trellis_api::SpiffeId(id.into())),
                     });
                 }
             }

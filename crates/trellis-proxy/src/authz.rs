@@ -189,7 +189,7 @@ impl Authorizer {
                         .iter()
                         .map(|id| match id.0.strip_suffix('*') {
                             Some(prefix) => IdentityPattern::Prefix(prefix.to_string()),
-                            None => IdentityPattern::Exact(id.0.clone()),
+                            None => IdentityPattern::Exact(id.0.to_string()),
                         })
                         .collect(),
                     namespaces: from.namespaces.clone(),

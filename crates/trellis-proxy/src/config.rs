@@ -362,7 +362,11 @@ impl RunningConfig {
     /// The service named by an HTTP authority (`reviews`, `reviews.shop:9080`, ...).
     pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<ServiceConfig>> {
         let host = strip_port(authority).to_ascii_lowercase();
-        let id = self.by_host.get(&host)?;
+        let id = self.by_host.get(&host).or_else(|| {
+            // `NAME.NAMESPACE.svc[.cluster.local]` is held as `NAME.NAMESPACE`.
+            let short = host.strip_suffix(".svc.cluster.local").or_else(|| host.strip_suffix(".svc"))?;
+            self.by_host.get(short)
+        })?;
         self.service(id)
     }
 
@@ -375,27 +379,49 @@ impl RunningConfig {
     }
 }
 
-/// Endpoint address → service, as a sorted list. A large configuration has an entry per
-/// endpoint (10,000 for 1,000 services): 36 bytes each here, about twice that in a hash map
-/// holding the service id beside each address.
+/// Endpoint address → service, as sorted lists. A large configuration has an entry per
+/// endpoint (10,000 for 1,000 services): an IPv4 address and port are packed into 8 bytes
+/// beside a 4-byte index into `ids`, where a hash map holding the service id beside each
+/// address would take about six times as much.
 struct AddressIndex {
-    entries: Vec<(SocketAddr, u32)>,
+    v4: Vec<(u64, u32)>,
+    v6: Vec<(SocketAddr, u32)>,
     ids: Vec<ServiceId>,
+}
+
+fn packed_v4(addr: SocketAddr) -> Option<u64> {
+    match addr {
+        SocketAddr::V4(v4) => Some(u64::from(v4.ip().to_bits()) << 16 | u64::from(v4.port())),
+        SocketAddr::V6(_) => None,
+    }
 }
 
 impl AddressIndex {
     /// From address → index into `ids`.
     fn new(map: HashMap<SocketAddr, usize>, ids: &[&ServiceId]) -> AddressIndex {
-        let mut entries: Vec<(SocketAddr, u32)> =
-            map.into_iter().filter_map(|(addr, at)| Some((addr, u32::try_from(at).ok()?))).collect();
-        entries.sort_unstable_by_key(|(addr, _)| *addr);
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (addr, at) in map {
+            let Ok(at) = u32::try_from(at) else { continue };
+            match packed_v4(addr) {
+                Some(key) => v4.push((key, at)),
+                None => v6.push((addr, at)),
+            }
+        }
+        // Grown by doubling, the lists would keep up to half again as much room as they hold.
+        v4.shrink_to_fit();
+        v6.shrink_to_fit();
+        v4.sort_unstable_by_key(|(key, _)| *key);
+        v6.sort_unstable_by_key(|(addr, _)| *addr);
         let ids = ids.iter().map(|id| (*id).clone()).collect();
-        AddressIndex { entries, ids }
+        AddressIndex { v4, v6, ids }
     }
 
     fn get(&self, addr: SocketAddr) -> Option<&ServiceId> {
-        let at = self.entries.binary_search_by_key(&addr, |(a, _)| *a).ok()?;
-        self.ids.get(self.entries[at].1 as usize)
+        let at = match packed_v4(addr) {
+            Some(key) => self.v4.binary_search_by_key(&key, |(k, _)| *k).map(|i| self.v4[i].1),
+            None => self.v6.binary_search_by_key(&addr, |(a, _)| *a).map(|i| self.v6[i].1),
+        };
+        self.ids.get(at.ok()? as usize)
     }
 }
 
@@ -403,10 +429,11 @@ fn strip_port(authority: &str) -> &str {
     crate::routing::split_host_port(authority).0
 }
 
-/// Authorities that name a service.
+/// Authorities that name a service. `NAME.NAMESPACE.svc` and `.svc.cluster.local` name it
+/// too; lookups shorten them, rather than every service holding three names.
 fn service_hosts(spec: &Service) -> Vec<String> {
     let (name, ns) = (&spec.name.0, &spec.namespace);
-    let mut hosts = vec![format!("{name}.{ns}"), format!("{name}.{ns}.svc"), format!("{name}.{ns}.svc.cluster.local")];
+    let mut hosts = vec![format!("{name}.{ns}")];
     if ns == "default" {
         hosts.push(name.clone());
     }
@@ -458,7 +485,7 @@ impl BackendBuilder<'_> {
             .map(|e| Target {
                 addr: e.address,
                 meshed: e.meshed,
-                identity: e.identity.as_ref().map(|id| Arc::from(id.0.as_str())),
+                identity: e.identity.as_ref().map(|id| Arc::from(&*id.0)),
                 stats: self.runtime.endpoints.stats(e.address),
             })
             .collect();
@@ -506,7 +533,13 @@ mod tests {
                 map.insert(addr(i, e), i);
             }
         }
+        let v6 = |i: usize| SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, i as u16], 8080));
+        map.insert(v6(7), 7);
         let index = AddressIndex::new(map, &refs);
+        assert_eq!(index.get(v6(7)).map(|id| &**id), Some(&*ids[7]));
+        assert_eq!(index.get(v6(8)), None);
+        // The same address and port as an IPv4 entry, written as IPv4-mapped IPv6, is another address.
+        assert_eq!(index.get("[::ffff:10.0.0.1]:8080".parse().unwrap()), None);
         for i in [0, 1, 255, 256, 299] {
             for e in [0, 9] {
                 assert_eq!(index.get(addr(i, e)).map(|id| &**id), Some(&*ids[i]), "{}", addr(i, e));
@@ -515,5 +548,42 @@ mod tests {
         assert_eq!(index.get(addr(0, 10)), None);
         assert_eq!(index.get(SocketAddr::from(([10, 0, 0, 1], 8081))), None);
         assert_eq!(index.get("[::1]:8080".parse().unwrap()), None);
+    }
+
+    #[tokio::test]
+    async fn a_service_is_found_by_every_name_an_authority_may_give_it() {
+        let upstreams = Arc::new(Upstreams::new(crate::upstream::Connector { mark: 0, identity: Default::default() }));
+        let stats = Arc::new(crate::telemetry::stats::RequestStats::default());
+        let telemetry = Arc::new(crate::telemetry::Telemetry {
+            stats: stats.clone(),
+            access_log: crate::telemetry::access_log::AccessLog::open("stderr").unwrap(),
+            spans: crate::telemetry::otlp::SpanExporter::start(upstreams.clone()),
+            taps: Default::default(),
+        });
+        let runtime = Arc::new(Runtime {
+            upstreams,
+            endpoints: EndpointRegistry::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(stats, telemetry.clone())),
+            decisions: Default::default(),
+            telemetry,
+        });
+        let file = trellis_api::parse_documents(
+            "kind: Service\nname: reviews\nnamespace: shop\n---\nkind: Service\nname: web\nhosts: [Shop.Example, api.other.svc]\n",
+            "test.yaml",
+        )
+        .unwrap();
+        let config = RunningConfig::compile(Documents { file: Arc::new(file), pushed: Default::default() }, &runtime).unwrap();
+        let found = |authority: &str| config.service_for_authority(authority).map(|s| s.id.to_string());
+        for authority in ["reviews.shop", "reviews.shop.svc:9080", "Reviews.Shop.svc.cluster.local", "reviews.shop.svc.cluster.local:80"] {
+            assert_eq!(found(authority).as_deref(), Some("reviews.shop"), "{authority}");
+        }
+        // The default namespace's services answer to their bare name; a declared host is
+        // matched as written, even when it ends like a cluster name.
+        for authority in ["web", "web.default.svc", "shop.example:443", "api.other.svc"] {
+            assert_eq!(found(authority).as_deref(), Some("web.default"), "{authority}");
+        }
+        for authority in ["reviews", "reviews.shop.svc.cluster", "reviews.shop.cluster.local", "api.other", "shop"] {
+            assert_eq!(found(authority), None, "{authority}");
+        }
     }
 }

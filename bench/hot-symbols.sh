@@ -2,20 +2,20 @@
 # hot-symbols.sh: writes crates/trellis-proxy/hot-symbols.txt, the functions a running
 # trellis-proxy executes, which its build places side by side (see that crate's build.rs).
 #
-#   bench/hot-symbols.sh        # about a minute and a half; then rebuild the proxy
+#   bench/hot-symbols.sh        # about two minutes; then rebuild the proxy
 #
 # It runs the two-hop benchmark pairs with every proxy under callgrind (instruction counts,
 # so every function that runs is seen, however rarely): plain Trellis from static files, and
 # Trellis mTLS joined to a control plane with SCALE_SERVICES extra services, HTTP/1.1 kept
 # and multiplexed over HTTP/2 between the proxies. Each pair starts, carries RATE req/s for
-# DURATION, and stops. valgrind's virtual CPU lacks some instructions (AVX-512, for one), so
+# DURATION, idles IDLE seconds, and stops. valgrind's virtual CPU lacks some instructions (AVX-512, for one), so
 # libraries that choose code by CPU (aws-lc's AES-GCM) run other functions natively: if
 # `perf` works here, the mTLS pair also runs natively under `perf record` and the functions
 # it samples are added.
 #
 # The list names functions by their mangled symbols, which change with the compiler and with
 # dependency versions: run it again after updating either (compare.sh reports how much of
-# the list the binary still has). Knobs: SCALE_SERVICES=1000, RATE=200, DURATION=3s, BIN_DIR
+# the list the binary still has). Knobs: SCALE_SERVICES=1000, RATE=200, DURATION=3s, IDLE=22, BIN_DIR
 # and PROXY_BIN_DIR (built binaries; the list must come from a `--profile proxy` build, the
 # one that ships), OUT (default crates/trellis-proxy/hot-symbols.txt).
 
@@ -25,6 +25,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SCALE_SERVICES=${SCALE_SERVICES:-1000}
 RATE=${RATE:-200}
 DURATION=${DURATION:-3s}
+IDLE=${IDLE:-22}
 WARMUP=1s
 CONNECTIONS=16
 REQUEST_PATH=/bytes/1024
@@ -57,6 +58,9 @@ under_callgrind() {
     say "$label: both proxies under callgrind"
     WAIT_SECONDS=120 CLIENT_WRAPPER="$grind-client.out" SERVER_WRAPPER="$grind-server.out" "$@"
     load "$label"
+    # Idle long enough for the periodic work (heartbeats, pool sweeps, keep-alive pings every
+    # 5 to 20 s) to run too: it is part of what stays resident.
+    sleep "$IDLE"
     stop "$CLIENT_PID"
     stop "$SERVER_PID"
     [[ -z ${CONTROL_PID:-} ]] || { stop "$CONTROL_PID"; CONTROL_PID=; }

@@ -688,7 +688,7 @@ impl GatewayRoutes {
         }
         synthesised.sort_by_key(|s| s.0);
         for (at, line, service) in synthesised.into_iter().rev() {
-            resources.insert(at, Resource::Service(service));
+            resources.insert(at, Resource::Service(Box::new(service)));
             lines.insert(at, line);
         }
     }

@@ -12,7 +12,7 @@ fn errors(text: &str) -> Vec<String> {
 }
 
 fn services(docs: &[Resource]) -> Vec<&Service> {
-    docs.iter().filter_map(|r| if let Resource::Service(s) = r { Some(s) } else { None }).collect()
+    docs.iter().filter_map(|r| if let Resource::Service(s) = r { Some(&**s) } else { None }).collect()
 }
 
 /// Asserts that `gateway` parses into exactly the documents `trellis` does.

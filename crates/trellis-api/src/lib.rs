@@ -50,13 +50,13 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind")]
 pub enum Resource {
-    Service(Service),
+    /// Boxed, like the other large kinds, so that the thousands of `Endpoints` documents of
+    /// a large configuration take their own size, not that of the largest kind.
+    Service(Box<Service>),
     Endpoints(Endpoints),
-    /// Boxed: a proxy's settings are several times the size of any other document, and a
-    /// large configuration holds thousands of the others.
     #[serde(rename = "Proxy")]
     Proxy(Box<ProxySettings>),
-    Policy(Policy),
+    Policy(Box<Policy>),
     Tenant(Tenant),
     Telemetry(Telemetry),
 }

@@ -51,10 +51,10 @@ pub fn parse_documents_in(text: &str, file: &str, context: &[Resource]) -> Resul
                 gateway_routes.read(kind, document, doc, &mut errors);
                 continue;
             }
-            Ok(Some(Kind::Service)) => typed::<Service>(document, file).map(Resource::Service),
+            Ok(Some(Kind::Service)) => typed::<Service>(document, file).map(|s| Resource::Service(Box::new(s))),
             Ok(Some(Kind::Endpoints)) => typed::<Endpoints>(document, file).map(Resource::Endpoints),
             Ok(Some(Kind::Proxy)) => typed::<ProxySettings>(document, file).map(|p| Resource::Proxy(Box::new(p))),
-            Ok(Some(Kind::Policy)) => typed::<crate::Policy>(document, file).map(Resource::Policy),
+            Ok(Some(Kind::Policy)) => typed::<crate::Policy>(document, file).map(|p| Resource::Policy(Box::new(p))),
             Ok(Some(Kind::Tenant)) => typed::<crate::Tenant>(document, file).map(Resource::Tenant),
             Ok(Some(Kind::Telemetry)) => typed::<crate::Telemetry>(document, file).map(Resource::Telemetry),
             Err(e) => Err(e),

@@ -26,7 +26,7 @@ pub(crate) fn validate_located(
         .iter()
         .chain(resources.iter())
         .filter_map(|r| match r {
-            Resource::Service(s) => Some(((s.namespace.clone(), s.name.0.clone()), s)),
+            Resource::Service(s) => Some(((s.namespace.clone(), s.name.0.clone()), &**s)),
             _ => None,
         })
         .collect();

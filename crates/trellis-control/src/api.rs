@@ -149,7 +149,7 @@ async fn apply(
     let _ =
         tokio::time::timeout(std::time::Duration::from_secs(5), snapshots.wait_for(|s| s.revision >= committed)).await;
     let context: Vec<trellis_api::Resource> =
-        snapshots.borrow().services().cloned().map(trellis_api::Resource::Service).collect();
+        snapshots.borrow().services().map(|s| trellis_api::Resource::Service(Box::new(s.clone()))).collect();
     let docs = trellis_api::parse_documents_in(&body, &file, &context).map_err(|errors| ApiError {
         status: StatusCode::UNPROCESSABLE_ENTITY,
         message: format!("{} error(s) in {file}", errors.0.len()),

@@ -4,7 +4,7 @@
 //! changes. Each proxy's stream task then computes that proxy's share, compares it with what
 //! the proxy holds, and sends only the difference — nothing at all when its share did not
 //! change — with a nonce and the version of the proxy's whole configuration, a large update
-//! in parts of at most 64 KiB to proxies that accept parts. The proxy's
+//! in parts of at most 16 KiB to proxies that accept parts. The proxy's
 //! ACK or NACK is recorded in the registry; after a NACK the next update is computed
 //! against what the proxy last accepted.
 
@@ -345,7 +345,7 @@ impl Session {
 /// in parts. gRPC on both ends keeps a buffer as large as the largest message it has
 /// handled, for the life of the stream: with whole updates, every proxy stream held the size
 /// of that proxy's whole share twice over, once on each side.
-const PART_BYTES: usize = 64 << 10;
+const PART_BYTES: usize = 16 << 10;
 
 /// Splits an update into messages of about `limit` bytes of resource text each (at least one
 /// resource each), every one with the update's nonce and version and all but the last

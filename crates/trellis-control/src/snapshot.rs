@@ -63,7 +63,7 @@ impl Snapshot {
                 Resource::Service(s) => {
                     let key = (s.namespace.clone(), s.name.0.clone());
                     let piece = piece_of(&Resource::Service(s.clone()));
-                    snapshot.services.insert(key, (name, piece, s));
+                    snapshot.services.insert(key, (name, piece, *s));
                 }
                 Resource::Endpoints(e) => {
                     static_endpoints.insert((e.namespace.clone(), e.service.0.clone()), e);

@@ -229,7 +229,7 @@ impl RunningConfig {
         for &(at, doc) in &in_force {
             match doc {
                 Resource::Proxy(p) => settings = (**p).clone(),
-                Resource::Policy(p) => policies.push(p),
+                Resource::Policy(p) => policies.push(&**p),
                 Resource::Tenant(t) => tenants.push(t),
                 Resource::Telemetry(_) => {}
                 Resource::Service(s) => {

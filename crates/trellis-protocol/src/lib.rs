@@ -31,8 +31,40 @@ pub fn is_failure(status_class: u32, grpc_status: Option<u16>) -> bool {
 /// processes and versions, unlike std's hasher, because proxies and the control plane
 /// compare the hashes each computed.
 pub fn content_hash(bytes: &[u8]) -> String {
-    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
-    format!("{hash:016x}")
+    let mut hasher = ContentHasher::default();
+    hasher.add(bytes);
+    hasher.finish()
+}
+
+/// [`content_hash`] of text written to it piece by piece (an [`std::io::Write`]), so that
+/// large text need not be built to be hashed.
+pub struct ContentHasher(u64);
+
+impl Default for ContentHasher {
+    fn default() -> Self {
+        ContentHasher(0xcbf29ce484222325)
+    }
+}
+
+impl ContentHasher {
+    fn add(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
+    }
+
+    pub fn finish(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+impl std::io::Write for ContentHasher {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.add(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The version of a whole configuration: a hash over its resources' names and hashes, in
@@ -58,6 +90,20 @@ mod tests {
         let b = super::version_of([("Service/a/y", "2"), ("Service/a/x", "1")]);
         assert_eq!(a, b);
         assert_ne!(a, super::version_of([("Service/a/x", "1")]));
+    }
+
+    #[test]
+    fn content_hash_is_fnv1a_whether_written_whole_or_in_pieces() {
+        use std::io::Write;
+        // FNV-1a 64 test vectors: the empty input is the offset basis.
+        assert_eq!(super::content_hash(b""), "cbf29ce484222325");
+        assert_eq!(super::content_hash(b"a"), "af63dc4c8601ec8c");
+        let text = br#"[{"kind":"Service","name":"web"}]"#;
+        let mut pieces = super::ContentHasher::default();
+        for piece in text.chunks(5) {
+            pieces.write_all(piece).unwrap();
+        }
+        assert_eq!(pieces.finish(), super::content_hash(text));
     }
 }
 

@@ -443,7 +443,10 @@ fn service_hosts(spec: &Service) -> Vec<String> {
 
 /// The stable hash of the canonical JSON, the same function the control plane uses.
 fn content_hash(documents: &[&Resource]) -> String {
-    trellis_protocol::content_hash(&serde_json::to_vec(documents).unwrap_or_default())
+    // Hashed as it is written: with thousands of services the text would be megabytes.
+    let mut hasher = trellis_protocol::ContentHasher::default();
+    let _ = serde_json::to_writer(&mut hasher, documents);
+    hasher.finish()
 }
 
 /// Builds each (service, subset) backend once per configuration.

@@ -85,7 +85,7 @@ impl Held {
             return Err(format!("{name}: the document is {key}, not {name}"));
         }
         doc.shrink_to_fit();
-        let reproduced = serde_json::to_string(&doc).is_ok_and(|again| again == json);
+        let reproduced = serializes_to(&doc, json);
         let doc = Arc::new(doc);
         let kept = if reproduced { Kept::Document(doc) } else { Kept::DocumentAndText(doc, json.to_string()) };
         Ok(Held { hash: hash.to_string(), kept })
@@ -142,6 +142,27 @@ struct SavedResource<'a> {
     json: std::borrow::Cow<'a, str>,
 }
 
+/// Writes a [`Pushed`] in the shape of [`Saved`].
+struct SavingPushed<'a>(&'a Pushed);
+
+impl serde::Serialize for SavingPushed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Resources<'a>(&'a BTreeMap<String, Held>);
+        impl serde::Serialize for Resources<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(name, held)| {
+                    (name, SavedResource { hash: held.hash.as_str().into(), json: held.json() })
+                }))
+            }
+        }
+        let mut saved = serializer.serialize_struct("Saved", 2)?;
+        saved.serialize_field("version", &self.0.version)?;
+        saved.serialize_field("resources", &Resources(&self.0.resources))?;
+        saved.end()
+    }
+}
+
 impl Pushed {
     /// Name → hash, what `Hello.known` carries.
     pub fn known(&self) -> HashMap<String, String> {
@@ -180,20 +201,12 @@ impl Pushed {
         std::fs::create_dir_all(dir).map_err(|e| failed("create the directory", dir, e))?;
         let tmp = dir.join(STATE_TMP);
         let path = dir.join(STATE_FILE);
-        let saved = Saved {
-            version: self.version.as_str().into(),
-            resources: self
-                .resources
-                .iter()
-                .map(|(name, held)| {
-                    (name.as_str().into(), SavedResource { hash: held.hash.as_str().into(), json: held.json() })
-                })
-                .collect(),
-        };
-        let text = serde_json::to_vec(&saved).map_err(|e| format!("cannot serialize the pushed configuration: {e}"))?;
-        drop(saved);
-        let mut file = std::fs::File::create(&tmp).map_err(|e| failed("create", &tmp, e))?;
-        file.write_all(&text).map_err(|e| failed("write", &tmp, e))?;
+        let file = std::fs::File::create(&tmp).map_err(|e| failed("create", &tmp, e))?;
+        // Streamed, each resource's text made as it is written: the whole file in memory at
+        // once (megabytes with thousands of services) would leave the heap that much larger.
+        let mut out = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut out, &SavingPushed(self)).map_err(|e| failed("write", &tmp, e.into()))?;
+        let file = out.into_inner().map_err(|e| failed("write", &tmp, e.into_error()))?;
         file.sync_all().map_err(|e| failed("sync", &tmp, e))?;
         drop(file);
         std::fs::rename(&tmp, &path).map_err(|e| failed("rename into place", &path, e))?;
@@ -600,6 +613,29 @@ async fn handle_update(
     ProxyMessage { kind: Some(Kind::Ack(proto::Ack { nonce, error })) }
 }
 
+/// Whether `doc` serializes to exactly `json`. Compared as it is written, without building
+/// the text: a copy per resource, thousands of them while a large update is parsed, would
+/// leave the heap full of holes between the documents that stay.
+fn serializes_to(doc: &Resource, json: &str) -> bool {
+    struct Compare<'a>(&'a [u8]);
+    impl std::io::Write for Compare<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            match self.0.strip_prefix(bytes) {
+                Some(rest) => {
+                    self.0 = rest;
+                    Ok(bytes.len())
+                }
+                None => Err(std::io::ErrorKind::InvalidData.into()),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut rest = Compare(json.as_bytes());
+    serde_json::to_writer(&mut rest, doc).is_ok() && rest.0.is_empty()
+}
+
 /// Resolves once the proxy drains (or is gone). Drops the `watch::Ref`, which is not `Send`.
 async fn draining(drain: &mut watch::Receiver<bool>) {
     let _ = drain.wait_for(|draining| *draining).await;
@@ -854,6 +890,16 @@ mod tests {
         for (name, held) in &one.resources {
             let again = &two.resources[name];
             assert!(Arc::ptr_eq(held.document().unwrap(), again.document().unwrap()), "{name} was parsed again");
+        }
+    }
+
+    #[test]
+    fn a_document_is_reproduced_only_by_exactly_its_own_text() {
+        let doc = trellis_api::parse_documents(&service("web"), "web.json").unwrap().remove(0);
+        let exact = serde_json::to_string(&doc).unwrap();
+        assert!(serializes_to(&doc, &exact));
+        for other in [format!("{exact} "), exact[..exact.len() - 1].to_string(), exact.replace("web", "wab"), String::new()] {
+            assert!(!serializes_to(&doc, &other), "{other}");
         }
     }
 

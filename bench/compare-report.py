@@ -4,7 +4,7 @@
 Usage: compare-report.py RESULTS_DIR OUT.md key=value...
 Keys: clk_tck stamp machine commit versions rates systems duration warmup connections path
 workers saturation_connections saturation_duration scale_services scale_endpoints
-profile_rate profile_duration profile_side smoke.
+profile_rate profile_duration profile_side smoke hot_symbols.
 
 RESULTS_DIR holds, per system S and rate R (or `max` for the closed-loop run): S-R.json (the
 trellis-bench report) and S-R.procs (name rss_idle_kib rss_load_kib cpu_ticks user_ticks
@@ -296,7 +296,9 @@ for s in proxied:
     if s in idle_memory or s in scale:
         i, b = idle_memory.get(s), scale.get(s)
         L.append(f"| {TITLE.get(s, s)} | {f'{i[1]:.1f}, {i[3]:.1f}' if i else '–'} | {f'{b[1]:.1f}' if b else '–'} |")
-L.append("")
+L += ["", f"`trellis-proxy` keeps the functions it runs side by side (`crates/trellis-proxy/build.rs`): this binary "
+      f"has {arg.get('hot_symbols', 'unknown')} of the functions `crates/trellis-proxy/hot-symbols.txt` lists; when "
+      "that falls well short, run `bench/hot-symbols.sh` and rebuild.", ""]
 
 # ------------------------------------------------------------------ profile
 LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(.*)$")

@@ -182,8 +182,17 @@ fi
 
 STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
 mkdir -p "$OUT_DIR"
+# How much of the hot-function list the proxy binary still has (bench/hot-symbols.sh):
+# names change with the code and dependencies, and a stale list keeps more code resident.
+hot_symbols=unknown
+if command -v nm >/dev/null 2>&1; then
+    hot_symbols=$(nm --defined-only "$PROXY_BIN/trellis-proxy" 2>/dev/null | awk '{ print $3 }' |
+        awk 'NR == FNR { if ($0 !~ /^#/ && $0 != "") { listed++; want[$0] = 1 }; next } ($0 in want) { found++; delete want[$0] }
+             END { printf "%d of %d", found, listed }' "$ROOT/crates/trellis-proxy/hot-symbols.txt" -)
+fi
 OUT="$OUT_DIR/compare-$STAMP.md"
 python3 "$ROOT/bench/compare-report.py" "$RESULTS" "$OUT" \
+    hot_symbols="$hot_symbols" \
     clk_tck="$CLK_TCK" stamp="$STAMP" \
     machine="$(nproc) × $(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)" \
     commit="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \

@@ -667,6 +667,7 @@ impl Endpoint {
 /// and a proxy holds every endpoint of every service it may call (10,000 and more), so no
 /// labels take one word rather than an empty map's three.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[allow(clippy::box_collection)] // the box is the point: one word, where a map is three
 pub struct Labels(Option<Box<BTreeMap<String, String>>>);
 
 impl Labels {

@@ -188,7 +188,8 @@ hot_symbols=unknown
 if command -v nm >/dev/null 2>&1; then
     hot_symbols=$(nm --defined-only "$PROXY_BIN/trellis-proxy" 2>/dev/null | awk '{ print $3 }' |
         awk 'NR == FNR { if ($0 !~ /^#/ && $0 != "") { listed++; want[$0] = 1 }; next } ($0 in want) { found++; delete want[$0] }
-             END { printf "%d of %d", found, listed }' "$ROOT/crates/trellis-proxy/hot-symbols.txt" -)
+             END { printf "%d of %d", found, listed }' "$ROOT/crates/trellis-proxy/hot-symbols.txt" -) ||
+        hot_symbols=unknown
 fi
 OUT="$OUT_DIR/compare-$STAMP.md"
 python3 "$ROOT/bench/compare-report.py" "$RESULTS" "$OUT" \

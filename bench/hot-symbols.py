@@ -24,13 +24,17 @@ for line in subprocess.run(["nm", "--defined-only", binary], capture_output=True
         functions.add(fields[2])
 
 counted, sampled = Counter(), Counter()
-NAMED = re.compile(r"^(c?ob|c?fn|c?fi|c?fe)=\((\d+)\)(?: (.*))?$")
+# Names are compressed per kind: objects (ob, cob), files (fl, fi, fe, cfi, cfl) and
+# functions (fn, cfn) are numbered separately.
+NAMED = re.compile(r"^(c?ob|c?fn|c?fi|c?fl|fe)=\((\d+)\)(?: (.*))?$")
+TABLE = {"ob": "objects", "cob": "objects", "fn": "functions", "cfn": "functions"}
 for path in inputs:
     with open(path, errors="replace") as f:
         head = f.readline()
         if head.startswith("# callgrind format") or head.startswith("version:"):
             # Names are given once, then referred to by number; cost lines follow an fn=.
-            objects, names, current_object, current = {}, {}, "", None
+            tables = {"objects": {}, "files": {}, "functions": {}}
+            current_object, current = "", None
             after_call = False
             for line in f:
                 if line.startswith("calls="):
@@ -39,13 +43,13 @@ for path in inputs:
                 m = NAMED.match(line.rstrip("\n"))
                 if m:
                     kind, number, name = m.groups()
-                    table = objects if kind.endswith("ob") else names
+                    table = tables[TABLE.get(kind, "files")]
                     if name:
                         table[number] = name
                     if kind == "ob":
-                        current_object = objects.get(number, "")
+                        current_object = table.get(number, "")
                     elif kind == "fn":
-                        current = names.get(number) if current_object.endswith("/" + exe) else None
+                        current = table.get(number) if current_object.endswith("/" + exe) else None
                     continue
                 if line[:1].isdigit() or line[:1] in "+-*":
                     cost = line.split()

@@ -13,8 +13,9 @@
 # `perf` works here, the mTLS pair also runs natively under `perf record` and the functions
 # it samples are added.
 #
-# The list names functions by their mangled symbols, which change with the compiler and with
-# dependency versions: run it again after updating either (compare.sh reports how much of
+# The list names functions by their mangled symbols, whose hashes change with the compiler,
+# dependency versions and the workspace's own version number: run it again after updating
+# any of them, and before a benchmark that measures memory (compare.sh reports how much of
 # the list the binary still has). Knobs: SCALE_SERVICES=1000, RATE=200, DURATION=3s, IDLE=22, BIN_DIR
 # and PROXY_BIN_DIR (built binaries; the list must come from a `--profile proxy` build, the
 # one that ships), OUT (default crates/trellis-proxy/hot-symbols.txt).
@@ -64,6 +65,11 @@ under_callgrind() {
     stop "$CLIENT_PID"
     stop "$SERVER_PID"
     [[ -z ${CONTROL_PID:-} ]] || { stop "$CONTROL_PID"; CONTROL_PID=; }
+    # callgrind writes its file as the process exits: none means it was killed first.
+    local side
+    for side in client server; do
+        [[ -s $TMP/$label-$side.out ]] || die "$label: the $side proxy left no callgrind profile (see $TMP/$label-$side.log)"
+    done
 }
 
 under_callgrind plain proxy_pair plain true
@@ -82,8 +88,12 @@ if perf record -q -o /dev/null -- true >/dev/null 2>&1; then
     kill -INT "$perf_pid"
     wait "$perf_pid" || true
     forget "$perf_pid"
-    perf script -i "$TMP/perf.data" --no-demangle -F ip,sym,dso 2>/dev/null >"$TMP/perf.txt" || true
-    samples=("$TMP/perf.txt")
+    perf script -i "$TMP/perf.data" --no-demangle -F ip,sym,dso 2>"$TMP/perf.err" >"$TMP/perf.txt" || true
+    if grep -q trellis-proxy "$TMP/perf.txt"; then
+        samples=("$TMP/perf.txt")
+    else
+        say "perf recorded no samples of the proxies ($(head -c 300 "$TMP/perf.err")): the list has only what callgrind saw"
+    fi
 else
     say "perf is not usable here: the list has only what callgrind saw"
 fi

@@ -8,9 +8,10 @@
 //!   writes the list from a run of the proxies; a name missing from the binary (the list
 //!   predates a change of code or dependencies) is skipped, so a stale list costs memory,
 //!   never correctness.
-//! - **Packed relocations** (`-z pack-relative-relocs`, glibc 2.36 and later): a
-//!   position-independent binary's relocation table (~480 KB, read whole at every start)
-//!   shrinks to a few kilobytes.
+//! - **Packed relocations** (`-z pack-relative-relocs`): a position-independent binary's
+//!   relocation table (~480 KB, read whole at every start) shrinks to a few kilobytes. The
+//!   binary then needs glibc 2.36 or later where it runs (Debian 12, Ubuntu 22.10 and on):
+//!   an image must ship a libc at least as new as the one it was built against anyway.
 //!
 //! Both apply only where the default linker is in use, LLD on x86_64 Linux (Rust's default
 //! there since 1.90): another linker may not know the options, so a build that names its

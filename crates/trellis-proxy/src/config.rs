@@ -363,9 +363,10 @@ impl RunningConfig {
     pub fn service_for_authority(&self, authority: &str) -> Option<&Arc<ServiceConfig>> {
         let host = strip_port(authority).to_ascii_lowercase();
         let id = self.by_host.get(&host).or_else(|| {
-            // `NAME.NAMESPACE.svc[.cluster.local]` is held as `NAME.NAMESPACE`.
+            // `NAME.NAMESPACE.svc[.cluster.local]` is held as `NAME.NAMESPACE`, the service's
+            // id; a bare name or a declared host does not take the suffixes.
             let short = host.strip_suffix(".svc.cluster.local").or_else(|| host.strip_suffix(".svc"))?;
-            self.by_host.get(short)
+            self.by_host.get(short).filter(|id| ***id == *short)
         })?;
         self.service(id)
     }
@@ -380,18 +381,20 @@ impl RunningConfig {
 }
 
 /// Endpoint address → service, as sorted lists. A large configuration has an entry per
-/// endpoint (10,000 for 1,000 services): an IPv4 address and port are packed into 8 bytes
-/// beside a 4-byte index into `ids`, where a hash map holding the service id beside each
-/// address would take about six times as much.
+/// endpoint (10,000 for 1,000 services): an IPv4 entry is its address, port and a 4-byte
+/// index into `ids`, 12 bytes, where a hash map holding the service id beside each
+/// `SocketAddr` would take about five times as much.
 struct AddressIndex {
-    v4: Vec<(u64, u32)>,
+    v4: Vec<((u32, u16), u32)>,
     v6: Vec<(SocketAddr, u32)>,
     ids: Vec<ServiceId>,
 }
 
-fn packed_v4(addr: SocketAddr) -> Option<u64> {
+const _: () = assert!(std::mem::size_of::<((u32, u16), u32)>() == 12);
+
+fn packed_v4(addr: SocketAddr) -> Option<(u32, u16)> {
     match addr {
-        SocketAddr::V4(v4) => Some(u64::from(v4.ip().to_bits()) << 16 | u64::from(v4.port())),
+        SocketAddr::V4(v4) => Some((v4.ip().to_bits(), v4.port())),
         SocketAddr::V6(_) => None,
     }
 }
@@ -407,7 +410,7 @@ impl AddressIndex {
                 None => v6.push((addr, at)),
             }
         }
-        // Grown by doubling, the lists would keep up to half again as much room as they hold.
+        // Grown by doubling, the lists could keep nearly as much room again as they hold.
         v4.shrink_to_fit();
         v6.shrink_to_fit();
         v4.sort_unstable_by_key(|(key, _)| *key);
@@ -585,7 +588,10 @@ mod tests {
         for authority in ["web", "web.default.svc", "shop.example:443", "api.other.svc"] {
             assert_eq!(found(authority).as_deref(), Some("web.default"), "{authority}");
         }
-        for authority in ["reviews", "reviews.shop.svc.cluster", "reviews.shop.cluster.local", "api.other", "shop"] {
+        // The suffixes belong to `NAME.NAMESPACE` only.
+        for authority in
+            ["reviews", "reviews.shop.svc.cluster", "reviews.shop.cluster.local", "api.other", "shop", "web.svc", "shop.example.svc"]
+        {
             assert_eq!(found(authority), None, "{authority}");
         }
     }

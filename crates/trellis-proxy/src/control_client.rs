@@ -141,7 +141,8 @@ struct SavedResource<'a> {
     json: std::borrow::Cow<'a, str>,
 }
 
-/// Writes a [`Pushed`] in the shape of [`Saved`].
+/// Writes a [`Pushed`] in the shape of [`Saved`], which reads it back: the two change
+/// together (`state_file_round_trip` checks it).
 struct SavingPushed<'a>(&'a Pushed);
 
 impl serde::Serialize for SavingPushed<'_> {

@@ -86,6 +86,11 @@ fn serves_a_large_static_configuration_with_the_workers_asked_for() {
         .count();
     assert!(workers >= 3, "{workers} worker threads");
 
+    // The proxy's own exp/log/pow keep glibc's libm out of the process (main.rs): a new call
+    // into libm would load all of it again, unnoticed but for this.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", proxy.pid())).unwrap();
+    assert!(!maps.contains("libm.so"), "trellis-proxy loaded libm:\n{maps}");
+
     // Every service is known to /config, the used one and those never called alike.
     let (status, config) = get(&format!("http://127.0.0.1:{admin}/config"), &mut proxy);
     assert_eq!(status, 200);

@@ -31,7 +31,7 @@ mod validate;
 
 pub use duration::Duration;
 pub use errors::{ConfigError, ConfigErrors};
-pub use parse::{parse_documents, parse_documents_in, parse_file};
+pub use parse::{parse_documents, parse_documents_in, parse_file, parse_json_document};
 pub use policy::{
     Action as PolicyAction, AuthorizerUrl, EgressRule, ExternalAuthorization, HttpUrl, MtlsMode, Operation, Policy,
     PolicyRule, Source, SpiffeId, Tenant,

@@ -69,7 +69,7 @@ impl Held {
             parse_bundle(name, json)?;
             return Ok(Held { hash: hash.to_string(), kept: Kept::Text(json.to_string()) });
         }
-        let mut docs = trellis_api::parse_documents(json, name).map_err(|e| e.to_string())?;
+        let mut docs = trellis_api::parse_json_document(json, name).map_err(|e| e.to_string())?;
         if docs.len() != 1 {
             return Err(format!("{name}: holds {} documents, not one", docs.len()));
         }

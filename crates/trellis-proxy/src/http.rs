@@ -20,15 +20,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub mod h1;
+
 /// Largest request head (request line and headers) accepted.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// How long a client may take to send a request head; hyper also closes a keep-alive
-/// connection idle this long, so the upstream pool stops reusing connections before it.
+const MAX_HEADER_BYTES: usize = h1::codec::MAX_HEAD;
+/// How long a client may take to send a request head; a keep-alive connection idle this long
+/// is closed too, so the upstream pool stops reusing connections before it.
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a draining proxy keeps an idle HTTP/1.1 connection open, answering a request
 /// that arrives on it with `Connection: close`. A client (another proxy's pool) may be
@@ -67,15 +68,17 @@ where
         connection,
         shared: shared.clone(),
         stats: Default::default(),
-        closing: AtomicBool::new(false),
     });
-    let io = TokioIo::new(io);
     if http2 {
+        let io = TokioIo::new(io);
         // hyper spawns a task per HTTP/2 stream and moves the request's future into it by
         // value; boxed, that is a pointer rather than its few kilobytes of state. (HTTP/1
         // keeps one boxed slot per connection for it already.)
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
+            // Most requests (GET, HEAD) end with their headers: their empty body needs no box.
+            let request =
+                request.map(|incoming| if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) });
             Box::pin(async move { Ok::<_, Infallible>(handler.handle(request).await) })
         });
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -93,38 +96,7 @@ where
             }
         }
     } else {
-        let draining = handler.clone();
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let handler = handler.clone();
-            async move {
-                let mut response = handler.handle(request).await;
-                if handler.closing.load(Ordering::Relaxed) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADER_BYTES.max(8192))
-            .serve_connection(io, service)
-            .with_upgrades();
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => log_end(result),
-            _ = drain.changed() => {
-                // The next response says `Connection: close`, and hyper closes after it.
-                draining.closing.store(true, Ordering::Relaxed);
-                tokio::select! {
-                    result = connection.as_mut() => log_end(result),
-                    _ = tokio::time::sleep(DRAIN_IDLE_GRACE) => {
-                        connection.as_mut().graceful_shutdown();
-                        log_end(connection.await);
-                    }
-                }
-            }
-        }
+        h1::serve(io, handler, drain).await;
     }
 }
 
@@ -139,8 +111,6 @@ struct Handler {
     connection: Connection,
     shared: Arc<Shared>,
     stats: Arc<ConnectionStats>,
-    /// HTTP/1.1: the proxy is draining, so responses close the connection.
-    closing: AtomicBool,
 }
 
 /// Labels used for many requests, shared so metrics compare them by pointer.
@@ -209,12 +179,9 @@ impl Handler {
         Handled { service: svc.label.clone(), route: route.name.clone(), in_flight, response }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Body>) -> Response<Body> {
         let config = self.shared.config();
         let telemetry = &self.shared.runtime.telemetry;
-        // Most requests (GET, HEAD) end with their headers: their empty body needs no box.
-        let mut request =
-            request.map(|incoming| if incoming.is_end_stream() { body::empty() } else { body::boxed(incoming) });
         RequestContext::of_mut(&mut request).connection = Some(self.connection.clone());
         let grpc = is_grpc(request.headers());
         let head = request.method() == http::Method::HEAD;

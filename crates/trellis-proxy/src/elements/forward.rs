@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 
 /// Marks an HTTP/1.x request carried over HTTP/2 between two Trellis proxies.
 pub const ORIG_PROTO_HEADER: header::HeaderName = header::HeaderName::from_static("x-trellis-orig-proto");
@@ -111,7 +112,7 @@ pub fn send<'u>(
     mut request: Request<Body>,
 ) -> impl Future<Output = Response<Body>> + Send + 'u {
     let grpc = is_grpc(request.headers());
-    let client_upgrade = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
+    let client_upgrade = request.extensions_mut().remove::<crate::http::h1::OnUpgrade>();
     let upgrading = client_upgrade.is_some() && request.headers().contains_key(header::UPGRADE);
     if let Err(e) = prepare(&mut request, wire, upgrading) {
         let response = ProxyError::new(Reason::BadRequest, e).upstream(&label).into_response(grpc);
@@ -126,7 +127,7 @@ pub fn send<'u>(
 /// The upstream's response, made ready for the client, or the proxy's answer for a failure.
 fn answer(
     result: Result<Response<Body>, UpstreamError>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<crate::http::h1::OnUpgrade>,
     label: Arc<str>,
     addr: SocketAddr,
     peer: crate::upstream::PeerIdentity,
@@ -164,15 +165,20 @@ fn answer(
 }
 
 /// Joins the client's and the upstream's upgraded connections (e.g. a WebSocket).
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(client, upstream) {
-        Ok((client, upstream)) => {
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+async fn splice(client: crate::http::h1::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = tokio::join!(client.upgraded(), upstream);
+    let (Some(client), Ok(upstream)) = (client, upstream) else {
+        tracing::debug!("upgrade failed: a side's connection did not switch protocols");
+        return;
+    };
+    let (mut client_io, mut upstream) = (client.io, TokioIo::new(upstream));
+    // What the client sent right after its request belongs to the new protocol.
+    let result = async {
+        upstream.write_all(&client.read_ahead).await?;
+        tokio::io::copy_bidirectional(&mut client_io, &mut upstream).await
+    };
+    if let Err(e) = result.await {
+        tracing::debug!(error = %e, "upgraded connection ended");
     }
 }
 

@@ -37,6 +37,29 @@ thread_local! {
 /// one write (one TLS record), large ones in pieces of this size.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Reads what `io` has and appends it to `buf`; `Ready(Ok(0))` at the end of the stream.
+pub(crate) fn poll_read_into<IO: AsyncRead + Unpin + ?Sized>(
+    io: &mut IO,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    // Through a buffer that stays initialized: handed memory it must treat as uninitialized,
+    // TLS zeroes all of it first on every read (8 KiB or more), where a message is usually
+    // smaller than that.
+    READ_SCRATCH.with_borrow_mut(|scratch| {
+        let mut read = ReadBuf::new(scratch);
+        ready!(Pin::new(io).poll_read(cx, &mut read))?;
+        let filled = read.filled();
+        // Room for several messages at once: what was split off for earlier ones is
+        // reclaimed once their bytes are dropped, rather than a new buffer each time.
+        if buf.capacity() - buf.len() < filled.len() {
+            buf.reserve(filled.len().max(READ_BUFFER));
+        }
+        buf.extend_from_slice(filled);
+        Poll::Ready(Ok(filled.len()))
+    })
+}
+
 /// One HTTP/1.1 connection to an upstream, idle between requests.
 pub struct Http1Connection {
     io: BoxedIo,
@@ -72,21 +95,7 @@ impl Http1Connection {
 
     /// Reads what the connection has into `read_buf`.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // Through a buffer that stays initialized: handed memory it must treat as
-        // uninitialized, TLS zeroes all of it first on every read (8 KiB or more), where a
-        // response is usually smaller than that.
-        READ_SCRATCH.with_borrow_mut(|scratch| {
-            let mut read = ReadBuf::new(scratch);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
-            let filled = read.filled();
-            // Room for several responses at once: what was split off for earlier ones is
-            // reclaimed once their bytes are dropped, rather than a new buffer each time.
-            if self.read_buf.capacity() - self.read_buf.len() < filled.len() {
-                self.read_buf.reserve(filled.len().max(READ_BUFFER));
-            }
-            self.read_buf.extend_from_slice(filled);
-            Poll::Ready(Ok(filled.len()))
-        })
+        poll_read_into(&mut self.io, cx, &mut self.read_buf)
     }
 
     /// Sends `request` (its URI in origin form, hop-by-hop headers removed) and returns the

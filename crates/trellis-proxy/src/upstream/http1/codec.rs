@@ -262,7 +262,7 @@ fn response_framing(status: StatusCode, method: &Method, headers: &HeaderMap) ->
     })
 }
 
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -270,7 +270,7 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Digits only (no sign, no spaces), at most 18 of them so that it cannot overflow.
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }

@@ -37,6 +37,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// How long closing a connection may take (a TLS close_notify to a client that stopped
 /// reading).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a connection closed with a request body unread still reads (and drops) what the
+/// client sends, so that its response is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// A client connection switched to another protocol after a 101 response.
 pub struct Upgraded {
@@ -178,6 +181,24 @@ where
     }
     let shutdown = poll_fn(|cx| Pin::new(&mut lock(&server.wire).io).poll_shutdown(cx));
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, shutdown).await;
+    // Closing with the client's bytes unread would reset the connection, and a reset can
+    // destroy the response before the client reads it (an early 413 to a large upload).
+    let unread = {
+        let wire = lock(&server.wire);
+        !wire.body_done || !wire.read_buf.is_empty()
+    };
+    if unread {
+        let discard = poll_fn(|cx| {
+            let mut wire = lock(&server.wire);
+            loop {
+                wire.read_buf.clear();
+                if let Ok(0) | Err(_) = ready!(wire.poll_fill(cx)) {
+                    return Poll::Ready(());
+                }
+            }
+        });
+        let _ = tokio::time::timeout(LINGER, discard).await;
+    }
 }
 
 impl<IO> Server<IO>
@@ -240,18 +261,22 @@ where
 
         let response = self.handler.handle(request).await;
 
-        let (head, mut body) = response.into_parts();
+        let (head, body) = response.into_parts();
         let switching = upgrade_to.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS;
-        // A tunnel the proxy does not carry: its connection ends with the answer.
-        let close = !switching && (self.closing || connect || self.drain.has_changed().unwrap_or(true));
+        // A tunnel the proxy does not carry ends with the answer; so does a connection whose
+        // request body is still coming (it may never be read).
+        let body_pending = !lock(&self.wire).body_done;
+        let close =
+            !switching && (self.closing || connect || body_pending || self.drain.has_changed().unwrap_or(true));
         let written = with_date(|date| {
             let (empty, length) = (body.is_end_stream(), body.size_hint().exact());
             codec::encode_response_head(&head, asked, empty, length, close, date, &mut self.write_buf)
         });
         drop(head);
         let mut out = Outgoing::new(written.body);
+        let mut body = Some(body);
         let result = poll_fn(|cx| self.poll_write_response(cx, &mut body, &mut out)).await;
-        drop(body); // records the finished request
+        drop(body);
         if let Err(e) = result {
             tracing::debug!(error = %e, "the response to a client could not be written whole");
             return After::Abort;
@@ -284,15 +309,22 @@ where
         body::boxed(RequestBody { wire: Some(self.wire.clone()), framing })
     }
 
-    /// Writes the response head already in `write_buf` and the body after it.
+    /// Writes the response head already in `write_buf` and the body after it. The body is
+    /// dropped as soon as it has ended, which records the request as finished, before its
+    /// last bytes are written (as the next hop sees its end).
     fn poll_write_response(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut Body,
+        body: &mut Option<Body>,
         out: &mut Outgoing,
     ) -> Poll<Result<(), BoxError>> {
         loop {
-            out.gather(cx, body, &mut self.write_buf)?;
+            if let Some(b) = body {
+                out.gather(cx, b, &mut self.write_buf)?;
+                if out.ended {
+                    *body = None;
+                }
+            }
             if !self.write_buf.is_empty() {
                 ready!(self.poll_write_all(cx))?;
                 out.flushed = false;

@@ -7,7 +7,7 @@
 //! Request bodies are delimited as the upstream client's responses are, with the same
 //! chunked decoder.
 
-use crate::upstream::http1::codec::{RequestFraming, has_token, parse_decimal};
+use crate::upstream::http1::codec::{HeaderFacts, RequestFraming, values_text};
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
@@ -102,6 +102,7 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Bad
     let uri = Uri::from_maybe_shared(target.clone())
         .map_err(|_| BadRequest::Target(String::from_utf8_lossy(&target).into_owned()))?;
     let mut map = HeaderMap::with_capacity(count);
+    let mut facts = HeaderFacts::default();
     for &(name_from, name_to, value_from, value_to) in &places[..count] {
         let (name_from, name_to, value_from, value_to) =
             (name_from as usize, name_to as usize, value_from as usize, value_to as usize);
@@ -109,20 +110,21 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Bad
             .map_err(|_| BadRequest::Header(String::from_utf8_lossy(&head[name_from..name_to]).into_owned()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_from..value_to))
             .map_err(|_| BadRequest::Header(format!("{name}: the value has a forbidden byte")))?;
+        facts.note(&name, value.as_bytes());
         map.append(name, value);
     }
 
-    let (framing, smuggled) = request_framing(&method, &map)?;
-    let upgrade = method == Method::CONNECT
-        || version == Version::HTTP_11 && map.contains_key(header::UPGRADE) && has_token(&map, "upgrade");
-    let keep_alive = !smuggled
+    let framing = request_framing(&method, &facts, &map)?;
+    let upgrade = method == Method::CONNECT || version == Version::HTTP_11 && facts.upgrade && facts.connection_upgrade;
+    // Both framings: a smuggling attempt or a broken intermediary; the connection must not
+    // outlive this request.
+    let both = facts.transfer_encoding.is_some() && facts.content_length.is_some();
+    let keep_alive = !both
         && match version {
-            Version::HTTP_10 => has_token(&map, "keep-alive"),
-            _ => !has_token(&map, "close"),
+            Version::HTTP_10 => facts.keep_alive,
+            _ => !facts.close,
         };
-    let expect_continue = version == Version::HTTP_11
-        && framing != RequestFraming::Empty
-        && map.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue = version == Version::HTTP_11 && framing != RequestFraming::Empty && facts.expect_continue;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -132,40 +134,16 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Bad
 }
 
 /// RFC 9112 §6.3, for requests: chunked if it is the last transfer-coding (any other is an
-/// error), else the content-length, else no body. The second value says the request had
-/// both headers, which the connection must not outlive (a smuggling attempt, or a broken
-/// intermediary).
-fn request_framing(method: &Method, headers: &HeaderMap) -> Result<(RequestFraming, bool), BadRequest> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let codings = headers.get_all(header::TRANSFER_ENCODING);
-        let last = codings.iter().next_back().map(|v| v.as_bytes()).unwrap_or_default();
-        let chunked = last
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if !chunked {
-            let text = codings.iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect::<Vec<_>>();
-            return Err(BadRequest::TransferEncoding(text.join(", ")));
-        }
-        return Ok((RequestFraming::Chunked, headers.contains_key(header::CONTENT_LENGTH)));
+/// error), else the content-length, else no body.
+fn request_framing(method: &Method, facts: &HeaderFacts, headers: &HeaderMap) -> Result<RequestFraming, BadRequest> {
+    match (facts.transfer_encoding, facts.content_length) {
+        (Some(true), _) => Ok(RequestFraming::Chunked),
+        (Some(false), _) => Err(BadRequest::TransferEncoding(values_text(headers, header::TRANSFER_ENCODING))),
+        (None, Some(Err(()))) => Err(BadRequest::ContentLength(values_text(headers, header::CONTENT_LENGTH))),
+        // A tunnel's bytes after CONNECT are not a body.
+        (None, Some(Ok(n))) if n > 0 && method != Method::CONNECT => Ok(RequestFraming::Length(n)),
+        (None, _) => Ok(RequestFraming::Empty),
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        // A list of equal values (`42, 42`) is one length; different ones are an error.
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let text = || String::from_utf8_lossy(value.as_bytes()).into_owned();
-            let this = parse_decimal(part.trim_ascii()).ok_or_else(|| BadRequest::ContentLength(text()))?;
-            if length.is_some_and(|l| l != this) {
-                return Err(BadRequest::ContentLength(text()));
-            }
-            length = Some(this);
-        }
-    }
-    // A tunnel's bytes after CONNECT are not a body.
-    Ok(match length {
-        Some(n) if n > 0 && method != Method::CONNECT => (RequestFraming::Length(n), false),
-        _ => (RequestFraming::Empty, false),
-    })
 }
 
 /// How a response's body is delimited on the wire to the client.
@@ -218,21 +196,30 @@ pub fn encode_response_head(
     out.put_slice(b"\r\n");
 
     let no_body = status.is_informational() || status == StatusCode::NO_CONTENT;
-    // A valid content-length of the response's own, which a HEAD or 304 answer keeps.
-    let declared = match head.headers.get(header::CONTENT_LENGTH) {
-        Some(value) if !no_body => parse_decimal(value.as_bytes()),
-        _ => None,
-    };
+    // A valid content-length of the response's own, which a HEAD or 304 answer keeps; an
+    // invalid one is dropped, and the body framed as if there were none.
+    let mut declared = None;
+    let mut facts = HeaderFacts::default();
     for (name, value) in &head.headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH && declared.is_none() {
+        if name == header::TRANSFER_ENCODING {
             continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            let mut length = HeaderFacts::default();
+            length.note(name, value.as_bytes());
+            match length.content_length {
+                Some(Ok(n)) if !no_body && declared.is_none() => declared = Some(n),
+                _ => continue,
+            }
+        } else {
+            facts.note(name, value.as_bytes());
         }
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    if !status.is_informational() && !head.headers.contains_key(header::DATE) {
+    if !status.is_informational() && !facts.date {
         out.put_slice(b"date: ");
         out.put_slice(date);
         out.put_slice(b"\r\n");
@@ -258,9 +245,9 @@ pub fn encode_response_head(
             }
         }
     };
-    let keep_alive = asked.keep_alive && !close && body != Delimited::Close && !has_token(&head.headers, "close");
+    let keep_alive = asked.keep_alive && !close && body != Delimited::Close && !facts.close;
     if !keep_alive {
-        if !has_token(&head.headers, "close") {
+        if !facts.close {
             out.put_slice(b"connection: close\r\n");
         }
     } else if asked.http10 {

@@ -90,21 +90,19 @@ pub fn encode_request_head(
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
+    let mut facts = HeaderFacts::default();
     for (name, value) in &head.headers {
+        if name == header::CONTENT_LENGTH {
+            facts.note(name, value.as_bytes());
+        }
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    let framing = match head.headers.get(header::CONTENT_LENGTH) {
-        Some(value) => {
-            let text = || String::from_utf8_lossy(value.as_bytes()).into_owned();
-            let length = parse_decimal(value.as_bytes()).ok_or_else(|| Malformed::RequestContentLength(text()))?;
-            if head.headers.get_all(header::CONTENT_LENGTH).iter().any(|v| v != value) {
-                return Err(Malformed::RequestContentLength(text()));
-            }
-            RequestFraming::Length(length)
-        }
+    let framing = match facts.content_length {
+        Some(Ok(length)) => RequestFraming::Length(length),
+        Some(Err(())) => return Err(Malformed::RequestContentLength(values_text(&head.headers, header::CONTENT_LENGTH))),
         None if body_empty => {
             // A POST without a body still says so, as most servers want a length for it.
             if matches!(head.method, Method::POST | Method::PUT | Method::PATCH) {
@@ -203,6 +201,7 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
     }
     let head = buf.split_to(length).freeze();
     let mut map = HeaderMap::with_capacity(count);
+    let mut facts = HeaderFacts::default();
     for &(name_from, name_to, value_from, value_to) in &places[..count] {
         let (name_from, name_to, value_from, value_to) =
             (name_from as usize, name_to as usize, value_from as usize, value_to as usize);
@@ -210,14 +209,15 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
             .map_err(|_| Malformed::Header(String::from_utf8_lossy(&head[name_from..name_to]).into_owned()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_from..value_to))
             .map_err(|_| Malformed::Header(format!("{name}: the value has a forbidden byte")))?;
+        facts.note(&name, value.as_bytes());
         map.append(name, value);
     }
-    let framing = response_framing(status, method, &map)?;
+    let framing = response_framing(status, method, &facts, &map)?;
     let keep_alive = framing != ResponseFraming::UntilClose
-        && !(map.contains_key(header::TRANSFER_ENCODING) && map.contains_key(header::CONTENT_LENGTH))
+        && !(facts.transfer_encoding.is_some() && facts.content_length.is_some())
         && match version {
-            Version::HTTP_10 => has_token(&map, "keep-alive"),
-            _ => !has_token(&map, "close"),
+            Version::HTTP_10 => facts.keep_alive,
+            _ => !facts.close,
         };
     let mut response = Response::new(());
     *response.status_mut() = status;
@@ -227,7 +227,12 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
 }
 
 /// RFC 9112 §6.3.
-fn response_framing(status: StatusCode, method: &Method, headers: &HeaderMap) -> Result<ResponseFraming, Malformed> {
+fn response_framing(
+    status: StatusCode,
+    method: &Method,
+    facts: &HeaderFacts,
+    headers: &HeaderMap,
+) -> Result<ResponseFraming, Malformed> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -235,38 +240,71 @@ fn response_framing(status: StatusCode, method: &Method, headers: &HeaderMap) ->
     {
         return Ok(ResponseFraming::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Only chunked as the last coding delimits the body; anything else runs to the close.
-        let last = headers.get_all(header::TRANSFER_ENCODING).iter().next_back().map(|v| v.as_bytes());
-        let chunked = last.and_then(|v| v.rsplit(|&b| b == b',').next()).is_some_and(|coding| {
-            coding.trim_ascii().eq_ignore_ascii_case(b"chunked")
-        });
+    // Only chunked as the last coding delimits the body; anything else runs to the close.
+    if let Some(chunked) = facts.transfer_encoding {
         return Ok(if chunked { ResponseFraming::Chunked } else { ResponseFraming::UntilClose });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        // A list of equal values (`42, 42`) is one length; different ones are an error.
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let text = || String::from_utf8_lossy(value.as_bytes()).into_owned();
-            let this = parse_decimal(part.trim_ascii()).ok_or_else(|| Malformed::ContentLength(text()))?;
-            if length.is_some_and(|l| l != this) {
-                return Err(Malformed::ContentLength(text()));
-            }
-            length = Some(this);
-        }
-    }
-    Ok(match length {
-        Some(0) => ResponseFraming::Empty,
-        Some(length) => ResponseFraming::Length(length),
+    Ok(match facts.content_length {
+        Some(Err(())) => return Err(Malformed::ContentLength(values_text(headers, header::CONTENT_LENGTH))),
+        Some(Ok(0)) => ResponseFraming::Empty,
+        Some(Ok(length)) => ResponseFraming::Length(length),
         None => ResponseFraming::UntilClose,
     })
 }
 
-pub(crate) fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes())))
+/// What a message's headers say about its body and its connection, noted in one pass as the
+/// headers are read or written: looking each up in the map afterwards would hash every name
+/// again, several times per message.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderFacts {
+    /// The content-length; `Err` when a value is not a number or the values disagree (a list
+    /// of equal values, `42, 42`, is one length).
+    pub content_length: Option<Result<u64, ()>>,
+    /// A transfer-encoding was sent; whether the last coding of the last one is chunked.
+    pub transfer_encoding: Option<bool>,
+    /// The `Connection` tokens `close`, `keep-alive` and `upgrade`.
+    pub close: bool,
+    pub keep_alive: bool,
+    pub connection_upgrade: bool,
+    /// An `Upgrade` header was sent.
+    pub upgrade: bool,
+    pub expect_continue: bool,
+    pub date: bool,
+}
+
+impl HeaderFacts {
+    pub fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == header::CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                self.content_length = match (self.content_length, parse_decimal(part.trim_ascii())) {
+                    (None, Some(n)) => Some(Ok(n)),
+                    (Some(Ok(m)), Some(n)) if m == n => Some(Ok(n)),
+                    _ => Some(Err(())),
+                };
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                self.connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+            }
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
+        } else if name == header::EXPECT {
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::DATE {
+            self.date = true;
+        }
+    }
+}
+
+/// The values of `name` in `headers`, for an error message.
+pub(crate) fn values_text(headers: &HeaderMap, name: HeaderName) -> String {
+    let values: Vec<_> = headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+    values.join(", ")
 }
 
 /// Digits only (no sign, no spaces), at most 18 of them so that it cannot overflow.

@@ -42,7 +42,7 @@ impl<'a> Next<'a> {
         match self.rest.split_first() {
             Some((element, rest)) => element.call(request, Next { rest }),
             None => {
-                let grpc = crate::errors::is_grpc(request.headers());
+                let grpc = is_grpc_request(&request);
                 Box::pin(async move {
                     ProxyError::new(Reason::Internal, "the element chain has no terminal element").into_response(grpc)
                 })
@@ -67,10 +67,18 @@ pub struct RequestContext {
     pub target: Option<crate::config::Target>,
     /// Endpoints earlier attempts went to, shared by `retry`'s attempts.
     pub tried: Option<crate::elements::TriedEndpoints>,
+    /// Whether the request is gRPC, noted once when it arrived: every element that answers
+    /// with an error needs to know, and a header lookup each time costs more than this.
+    pub grpc: Option<bool>,
 }
 
 static NO_CONTEXT: RequestContext =
-    RequestContext { connection: None, forward_to: None, backend: None, target: None, tried: None };
+    RequestContext { connection: None, forward_to: None, backend: None, target: None, tried: None, grpc: None };
+
+/// Whether `request` is gRPC (its content type), as noted when it arrived.
+pub fn is_grpc_request<B>(request: &Request<B>) -> bool {
+    RequestContext::of(request).grpc.unwrap_or_else(|| crate::errors::is_grpc(request.headers()))
+}
 
 impl RequestContext {
     /// The request's context (empty if nothing set one).

@@ -182,8 +182,10 @@ impl Handler {
     async fn handle(&self, mut request: Request<Body>) -> Response<Body> {
         let config = self.shared.config();
         let telemetry = &self.shared.runtime.telemetry;
-        RequestContext::of_mut(&mut request).connection = Some(self.connection.clone());
         let grpc = is_grpc(request.headers());
+        let context = RequestContext::of_mut(&mut request);
+        context.connection = Some(self.connection.clone());
+        context.grpc = Some(grpc);
         let head = request.method() == http::Method::HEAD;
         let direction = self.side.direction();
         let observation = Observation::begin(&mut request, &config.telemetry, telemetry);

@@ -26,7 +26,8 @@ fn scripted_answer(request_line: &str) -> (&'static [u8], bool) {
         "/not-http" => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", true),
         "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
         "/old" => (b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nold", true),
-        "/too-large" => (b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\n\r\ntoo large", true),
+        // Closes after it (so it says so), as a server not reading a body must.
+        "/too-large" => (b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large", true),
         _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
     }
 }

@@ -2,8 +2,8 @@
 //! endpoint's load statistics (in-flight count, latency) back to the balancer.
 
 use crate::body::Body;
-use crate::chain::{BoxFuture, Element, Next, RequestContext};
-use crate::errors::{ProxyError, Reason, is_grpc};
+use crate::chain::{BoxFuture, Element, Next, RequestContext, is_grpc_request};
+use crate::errors::{ProxyError, Reason};
 use http::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ impl Element for Balance {
 
     fn call<'a>(&'a self, mut request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
         Box::pin(async move {
-            let grpc = is_grpc(request.headers());
+            let grpc = is_grpc_request(&request);
             let context = RequestContext::of(&request);
             let Some(backend) = context.backend.clone() else {
                 return ProxyError::new(Reason::Internal, "balance without a selected backend").into_response(grpc);

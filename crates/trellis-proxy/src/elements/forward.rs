@@ -6,9 +6,9 @@
 //! Upgrades (WebSocket) always use HTTP/1.1; their two halves are then spliced together.
 
 use crate::body::Body;
-use crate::chain::{BoxFuture, Element, Next, RequestContext};
+use crate::chain::{BoxFuture, Element, Next, RequestContext, is_grpc_request};
 use crate::config::{Backend, Target};
-use crate::errors::{ProxyError, Reason, is_grpc};
+use crate::errors::{ProxyError, Reason};
 use crate::upstream::{UpstreamError, Upstreams, Wire};
 use futures_util::FutureExt;
 use futures_util::future::Either;
@@ -67,7 +67,7 @@ impl Element for Forward {
         }
         let (Some(target), Some(backend)) = (&context.target, &context.backend) else {
             let error = ProxyError::new(Reason::Internal, "forward without a chosen endpoint");
-            let response = error.into_response(is_grpc(request.headers()));
+            let response = error.into_response(is_grpc_request(&request));
             return Box::pin(std::future::ready(response));
         };
         let wire = wire_to(&request, target, backend);
@@ -111,7 +111,7 @@ pub fn send<'u>(
     connect_timeout: Duration,
     mut request: Request<Body>,
 ) -> impl Future<Output = Response<Body>> + Send + 'u {
-    let grpc = is_grpc(request.headers());
+    let grpc = is_grpc_request(&request);
     let client_upgrade = request.extensions_mut().remove::<crate::http::h1::OnUpgrade>();
     let upgrading = client_upgrade.is_some() && request.headers().contains_key(header::UPGRADE);
     if let Err(e) = prepare(&mut request, wire, upgrading) {

@@ -7,7 +7,7 @@
 
 use super::TriedEndpoints;
 use crate::body::{Body, REPLAY_LIMIT, Replay};
-use crate::chain::{BoxFuture, Element, Next, RequestContext};
+use crate::chain::{BoxFuture, Element, Next, RequestContext, is_grpc_request};
 use crate::errors::{ProxyError, Reason, is_grpc};
 use crate::metrics::Metrics;
 use http::{Request, Response};
@@ -92,7 +92,7 @@ impl Retry {
     /// Without one it is the chain's own future, so the retry's state holds no timer.
     fn attempt<'a>(&self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
         let Some(limit) = self.per_try_timeout else { return next.run(request) };
-        let grpc = is_grpc(request.headers());
+        let grpc = is_grpc_request(&request);
         Box::pin(async move {
             match tokio::time::timeout(limit, next.run(request)).await {
                 Ok(response) => response,
@@ -112,7 +112,7 @@ impl Element for Retry {
         Box::pin(async move {
             self.budget.deposit();
             let (mut parts, body) = request.into_parts();
-            let grpc = is_grpc(&parts.headers);
+            let grpc = parts.extensions.get::<RequestContext>().and_then(|c| c.grpc).unwrap_or_else(|| is_grpc(&parts.headers));
             parts.extensions.get_or_insert_default::<RequestContext>().tried = Some(TriedEndpoints::default());
             // A body that is already over (most GETs) needs no replay buffer.
             let replay = (!body.is_end_stream()).then(|| Replay::new(body, REPLAY_LIMIT));

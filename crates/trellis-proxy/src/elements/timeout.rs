@@ -4,8 +4,8 @@
 //! may legitimately outlive the route timeout.
 
 use crate::body::Body;
-use crate::chain::{BoxFuture, Element, Next, RequestContext};
-use crate::errors::{ProxyError, Reason, is_grpc};
+use crate::chain::{BoxFuture, Element, Next, RequestContext, is_grpc_request};
+use crate::errors::{ProxyError, Reason};
 use http::{Request, Response};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ impl Element for Timeout {
     }
 
     fn call<'a>(&'a self, request: Request<Body>, next: Next<'a>) -> BoxFuture<'a, Response<Body>> {
-        let grpc = is_grpc(request.headers());
+        let grpc = is_grpc_request(&request);
         let backend = RequestContext::of(&request).backend.clone();
         Box::pin(async move {
             match tokio::time::timeout(self.limit, next.run(request)).await {

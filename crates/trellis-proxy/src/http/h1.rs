@@ -263,11 +263,8 @@ where
 
         let (head, body) = response.into_parts();
         let switching = upgrade_to.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS;
-        // A tunnel the proxy does not carry ends with the answer; so does a connection whose
-        // request body is still coming (it may never be read).
-        let body_pending = !lock(&self.wire).body_done;
-        let close =
-            !switching && (self.closing || connect || body_pending || self.drain.has_changed().unwrap_or(true));
+        // A tunnel the proxy does not carry ends with the answer.
+        let close = !switching && (self.closing || connect || self.drain.has_changed().unwrap_or(true));
         let written = with_date(|date| {
             let (empty, length) = (body.is_end_stream(), body.size_hint().exact());
             codec::encode_response_head(&head, asked, empty, length, close, date, &mut self.write_buf)
@@ -284,7 +281,8 @@ where
         if switching && let Some(to) = upgrade_to {
             return After::Upgrade(to);
         }
-        // A request body the handler left unread would be taken for the next request.
+        // A request body the handler left unread would be taken for the next request. (Its
+        // response may still have been streaming while it was read, so this is only known now.)
         if written.keep_alive && lock(&self.wire).body_done { After::NextRequest } else { After::Close }
     }
 

@@ -163,7 +163,7 @@ impl Observation {
             return None;
         }
         let started = Instant::now();
-        let grpc = crate::errors::is_grpc(request.headers());
+        let grpc = crate::chain::is_grpc_request(request);
         let mut span = None;
         let mut trace_id = None;
         match &config.tracing {

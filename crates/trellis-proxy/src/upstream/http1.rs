@@ -106,7 +106,7 @@ impl Http1Connection {
         let framing = codec::encode_request_head(&head, body.is_end_stream(), body.size_hint().exact(), &mut self.write_buf)
             .map_err(|e| Failed { error: UpstreamError::RequestBody(e.into()), unanswered: false })?;
         let upload = (framing != RequestFraming::Empty).then(|| Upload::new(body, framing));
-        let mut exchange = Exchange { connection: self, upload, flushed: false, write_failed: None };
+        let mut exchange = Exchange { connection: self, upload, flushed: false, write_failed: None, answered_early: false };
         let method = head.method;
         let mut answered = false;
         let head = poll_fn(|cx| exchange.poll_response_head(cx, &method, &mut answered)).await;
@@ -142,6 +142,8 @@ struct Exchange {
     flushed: bool,
     /// Writing failed (the upstream stopped reading); a response may still be read.
     write_failed: Option<io::Error>,
+    /// The response head came before the request was all sent.
+    answered_early: bool,
 }
 
 struct Upload {
@@ -281,7 +283,12 @@ impl Exchange {
                         }
                         continue;
                     }
-                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                    Ok(Some(head)) => {
+                        // Answered before the whole request was sent: the upstream may never
+                        // read the rest, so the connection ends with this response.
+                        self.answered_early = self.upload.is_some();
+                        return Poll::Ready(Ok(head));
+                    }
                     Ok(None) => {}
                 }
             }
@@ -331,7 +338,10 @@ impl<H: Home> ResponseBody<H> {
     /// The body has ended: the connection goes home if it can carry another request.
     fn finish(&mut self) {
         let Some(exchange) = self.exchange.take() else { return };
-        let sent = exchange.upload.is_none() && exchange.flushed && exchange.write_failed.is_none();
+        let sent = exchange.upload.is_none()
+            && exchange.flushed
+            && exchange.write_failed.is_none()
+            && !exchange.answered_early;
         if self.keep_alive
             && sent
             && exchange.connection.read_buf.is_empty()

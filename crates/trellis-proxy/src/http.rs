@@ -5,6 +5,8 @@
 //! request for no known service passes through to where the client was going. Inbound,
 //! requests go to the local application, with HTTP/1.1 restored for requests that another
 //! Trellis proxy carried over HTTP/2.
+//!
+//! HTTP/2 is served by hyper; HTTP/1.x by [`h1`], the proxy's own server side.
 
 use crate::Shared;
 use crate::body::{self, Body};
@@ -72,8 +74,8 @@ where
     if http2 {
         let io = TokioIo::new(io);
         // hyper spawns a task per HTTP/2 stream and moves the request's future into it by
-        // value; boxed, that is a pointer rather than its few kilobytes of state. (HTTP/1
-        // keeps one boxed slot per connection for it already.)
+        // value; boxed, that is a pointer rather than its few kilobytes of state. (HTTP/1.1
+        // awaits it in place, in the connection's own task.)
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let handler = handler.clone();
             // Most requests (GET, HEAD) end with their headers: their empty body needs no box.

@@ -34,6 +34,8 @@ use tokio::time::{Instant, Sleep};
 /// Response bytes gathered before they are written: a small body goes out with its head in
 /// one write, a large one in pieces of this size.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The interim answer to a request that waits for it before sending its body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// How long closing a connection may take (a TLS close_notify to a client that stopped
 /// reading).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -261,6 +263,15 @@ where
 
         let response = self.handler.handle(request).await;
 
+        {
+            // A `100 Continue` not yet written must not follow the final answer; one cut short
+            // is finished first.
+            let mut wire = lock(&self.wire);
+            if wire.interim.len() < CONTINUE.len() {
+                self.write_buf.extend_from_slice(wire.interim);
+            }
+            wire.interim = b"";
+        }
         let (head, body) = response.into_parts();
         let switching = upgrade_to.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS;
         // A tunnel the proxy does not carry ends with the answer.
@@ -301,7 +312,7 @@ where
         };
         wire.body_done = false;
         if expect_continue {
-            wire.interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+            wire.interim = CONTINUE;
         }
         drop(wire);
         body::boxed(RequestBody { wire: Some(self.wire.clone()), framing })

@@ -7,9 +7,9 @@
 //! Request bodies are delimited as the upstream client's responses are, with the same
 //! chunked decoder.
 
-use crate::upstream::http1::codec::{HeaderFacts, RequestFraming, values_text};
+use crate::upstream::http1::codec::{HeaderFacts, RequestFraming, header_map, values_text};
 use bytes::{BufMut, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode, Uri, Version};
 
 /// Longest request head (request line and headers) accepted.
@@ -101,18 +101,7 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Bad
     let target = head.slice(target.0 as usize..target.1 as usize);
     let uri = Uri::from_maybe_shared(target.clone())
         .map_err(|_| BadRequest::Target(String::from_utf8_lossy(&target).into_owned()))?;
-    let mut map = HeaderMap::with_capacity(count);
-    let mut facts = HeaderFacts::default();
-    for &(name_from, name_to, value_from, value_to) in &places[..count] {
-        let (name_from, name_to, value_from, value_to) =
-            (name_from as usize, name_to as usize, value_from as usize, value_to as usize);
-        let name = HeaderName::from_bytes(&head[name_from..name_to])
-            .map_err(|_| BadRequest::Header(String::from_utf8_lossy(&head[name_from..name_to]).into_owned()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_from..value_to))
-            .map_err(|_| BadRequest::Header(format!("{name}: the value has a forbidden byte")))?;
-        facts.note(&name, value.as_bytes());
-        map.append(name, value);
-    }
+    let (map, facts) = header_map(&head, &places[..count]).map_err(BadRequest::Header)?;
 
     let framing = request_framing(&method, &facts, &map)?;
     let upgrade = method == Method::CONNECT || version == Version::HTTP_11 && facts.upgrade && facts.connection_upgrade;

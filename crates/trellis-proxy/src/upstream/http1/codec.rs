@@ -200,18 +200,7 @@ pub fn parse_response_head(buf: &mut BytesMut, method: &Method) -> Result<Option
         *place = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
     }
     let head = buf.split_to(length).freeze();
-    let mut map = HeaderMap::with_capacity(count);
-    let mut facts = HeaderFacts::default();
-    for &(name_from, name_to, value_from, value_to) in &places[..count] {
-        let (name_from, name_to, value_from, value_to) =
-            (name_from as usize, name_to as usize, value_from as usize, value_to as usize);
-        let name = HeaderName::from_bytes(&head[name_from..name_to])
-            .map_err(|_| Malformed::Header(String::from_utf8_lossy(&head[name_from..name_to]).into_owned()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value_from..value_to))
-            .map_err(|_| Malformed::Header(format!("{name}: the value has a forbidden byte")))?;
-        facts.note(&name, value.as_bytes());
-        map.append(name, value);
-    }
+    let (map, facts) = header_map(&head, &places[..count]).map_err(Malformed::Header)?;
     let framing = response_framing(status, method, &facts, &map)?;
     let keep_alive = framing != ResponseFraming::UntilClose
         && !(facts.transfer_encoding.is_some() && facts.content_length.is_some())
@@ -299,6 +288,25 @@ impl HeaderFacts {
             self.date = true;
         }
     }
+}
+
+/// The headers of a head split off its buffer, from where each name and value is in it
+/// (byte offsets, as `(name_from, name_to, value_from, value_to)`): the values point into the
+/// head, uncopied. The facts are noted on the way; an error names the header.
+pub(crate) fn header_map(head: &Bytes, places: &[(u32, u32, u32, u32)]) -> Result<(HeaderMap, HeaderFacts), String> {
+    let mut map = HeaderMap::with_capacity(places.len());
+    let mut facts = HeaderFacts::default();
+    for &(name_from, name_to, value_from, value_to) in places {
+        let (name_from, name_to, value_from, value_to) =
+            (name_from as usize, name_to as usize, value_from as usize, value_to as usize);
+        let name = HeaderName::from_bytes(&head[name_from..name_to])
+            .map_err(|_| String::from_utf8_lossy(&head[name_from..name_to]).into_owned())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_from..value_to))
+            .map_err(|_| format!("{name}: the value has a forbidden byte"))?;
+        facts.note(&name, value.as_bytes());
+        map.append(name, value);
+    }
+    Ok((map, facts))
 }
 
 /// The values of `name` in `headers`, for an error message.

@@ -73,6 +73,8 @@ struct Wire<IO> {
     body_done: bool,
     /// `100 Continue` still to be written before the request body is read.
     interim: &'static [u8],
+    /// Written, but not yet flushed.
+    interim_unflushed: bool,
 }
 
 type SharedWire<IO> = Arc<Mutex<Wire<IO>>>;
@@ -98,9 +100,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.interim = &self.interim[written..];
-            if self.interim.is_empty() {
-                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-            }
+            self.interim_unflushed = true;
+        }
+        // Flushed until done, even past a Pending: TLS may still hold the bytes.
+        if self.interim_unflushed {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.interim_unflushed = false;
         }
         Poll::Ready(Ok(()))
     }
@@ -140,7 +145,8 @@ pub(super) async fn serve<IO>(io: IO, handler: Arc<Handler>, drain: watch::Recei
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let wire = Wire { io, read_buf: BytesMut::new(), read_closed: false, body_done: true, interim: b"" };
+    let wire =
+        Wire { io, read_buf: BytesMut::new(), read_closed: false, body_done: true, interim: b"", interim_unflushed: false };
     let mut server = Server {
         wire: Arc::new(Mutex::new(wire)),
         write_buf: BytesMut::new(),
@@ -174,7 +180,10 @@ where
             After::Upgrade(to) => {
                 let Server { wire, .. } = server;
                 // Only this task holds the connection once an upgrade's (bodiless) request is done.
-                let Ok(wire) = Arc::try_unwrap(wire) else { return };
+                let Ok(wire) = Arc::try_unwrap(wire) else {
+                    tracing::debug!("an upgrade request's body was still being read: the connection is closed");
+                    return;
+                };
                 let wire = wire.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let _ = to.send(Upgraded { io: Box::new(wire.io), read_ahead: wire.read_buf.freeze() });
                 return;
@@ -274,8 +283,16 @@ where
         }
         let (head, body) = response.into_parts();
         let switching = upgrade_to.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS;
-        // A tunnel the proxy does not carry ends with the answer.
-        let close = !switching && (self.closing || connect || self.drain.has_changed().unwrap_or(true));
+        // A tunnel the proxy does not carry ends with the answer; so does an interim status
+        // that did not switch protocols (the client may think it did), and a request whose
+        // body nobody will read any more (say so rather than close unannounced).
+        let unread = Arc::strong_count(&self.wire) == 1 && !lock(&self.wire).body_done;
+        let close = !switching
+            && (self.closing
+                || connect
+                || head.status.is_informational()
+                || unread
+                || self.drain.has_changed().unwrap_or(true));
         let written = with_date(|date| {
             let (empty, length) = (body.is_end_stream(), body.size_hint().exact());
             codec::encode_response_head(&head, asked, empty, length, close, date, &mut self.write_buf)
@@ -308,7 +325,7 @@ where
                 return body::full(wire.read_buf.split_to(n as usize).freeze());
             }
             RequestFraming::Length(n) => BodyFraming::Length(n),
-            RequestFraming::Chunked => BodyFraming::Chunked(ChunkedDecoder::default()),
+            RequestFraming::Chunked => BodyFraming::Chunked(ChunkedDecoder::strict()),
         };
         wire.body_done = false;
         if expect_continue {

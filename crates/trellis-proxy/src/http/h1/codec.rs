@@ -36,6 +36,8 @@ pub enum BadRequest {
     ContentLength(String),
     #[error("the request's transfer-encoding {0:?} does not end in chunked, so its length is unknown")]
     TransferEncoding(String),
+    #[error("an HTTP/1.0 request cannot have a transfer-encoding")]
+    Http10TransferEncoding,
 }
 
 impl BadRequest {
@@ -101,7 +103,16 @@ pub fn parse_request_head(buf: &mut BytesMut) -> Result<Option<RequestHead>, Bad
     let target = head.slice(target.0 as usize..target.1 as usize);
     let uri = Uri::from_maybe_shared(target.clone())
         .map_err(|_| BadRequest::Target(String::from_utf8_lossy(&target).into_owned()))?;
-    let (map, facts) = header_map(&head, &places[..count]).map_err(BadRequest::Header)?;
+    let (mut map, facts) = header_map(&head, &places[..count]).map_err(BadRequest::Header)?;
+    if facts.transfer_encoding.is_some() {
+        // HTTP/1.0 has no chunked coding: a front end that speaks it would read the body
+        // differently (RFC 9112 §6.1).
+        if version == Version::HTTP_10 {
+            return Err(BadRequest::Http10TransferEncoding);
+        }
+        // The length is the chunks'; a content-length beside it must not travel on.
+        map.remove(header::CONTENT_LENGTH);
+    }
 
     let framing = request_framing(&method, &facts, &map)?;
     let upgrade = method == Method::CONNECT || version == Version::HTTP_11 && facts.upgrade && facts.connection_upgrade;
@@ -279,10 +290,12 @@ mod tests {
         assert!(head.expect_continue);
         let head = parse("POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n").unwrap().unwrap();
         assert_eq!(head.framing, RequestFraming::Chunked);
-        // Both framings: chunked wins, and the connection ends after this request.
+        // Both framings: chunked wins, the content-length does not travel on, and the
+        // connection ends after this request.
         let head = parse("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n").unwrap().unwrap();
         assert_eq!(head.framing, RequestFraming::Chunked);
         assert!(!head.keep_alive);
+        assert!(!head.request.headers().contains_key("content-length"));
 
         assert!(!parse("GET / HTTP/1.1\r\nconnection: Close\r\n\r\n").unwrap().unwrap().keep_alive);
         assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
@@ -307,6 +320,7 @@ mod tests {
             ("POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n", StatusCode::BAD_REQUEST, "content-length"),
             ("POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n", StatusCode::BAD_REQUEST, "transfer-encoding"),
             ("GET http://[::1 HTTP/1.1\r\n\r\n", StatusCode::BAD_REQUEST, "target"),
+            ("POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n", StatusCode::BAD_REQUEST, "HTTP/1.0"),
         ];
         for (text, status, says) in cases {
             let e = parse(text).unwrap_err();

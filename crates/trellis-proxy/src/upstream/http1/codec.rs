@@ -339,6 +339,10 @@ pub enum Decoded {
 #[derive(Debug, Default)]
 pub struct ChunkedDecoder {
     state: ChunkState,
+    /// Lines end in CRLF only, and a chunk line has no stray whitespace or control bytes:
+    /// for a client's request body, where a lenient reading that a proxy in front of this
+    /// one does not share would let a request hide inside another (smuggling).
+    strict: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -352,6 +356,11 @@ enum ChunkState {
 }
 
 impl ChunkedDecoder {
+    /// A decoder for a client's request body: see `strict`.
+    pub fn strict() -> Self {
+        ChunkedDecoder { state: ChunkState::default(), strict: true }
+    }
+
     /// Takes the next piece of the body from the front of `buf`. Data is handed out as it
     /// arrives, without waiting for the whole chunk.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
@@ -365,9 +374,17 @@ impl ChunkedDecoder {
                         return Ok(Decoded::Incomplete);
                     };
                     let line = &buf[..end];
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let line = match line.strip_suffix(b"\r") {
+                        Some(line) => line,
+                        None if self.strict => return Err(Malformed::ChunkSize(lossy(line))),
+                        None => line,
+                    };
+                    if self.strict && line.iter().any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f)) {
+                        return Err(Malformed::ChunkSize(lossy(line)));
+                    }
                     // Extensions (`;name=value`) are allowed and ignored.
-                    let size = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let size = if self.strict { size.trim_ascii_end() } else { size.trim_ascii() };
                     if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
                         return Err(Malformed::ChunkSize(lossy(line)));
                     }
@@ -389,7 +406,7 @@ impl ChunkedDecoder {
                         buf.advance(2);
                         self.state = ChunkState::Size;
                     }
-                    [b'\n', ..] => {
+                    [b'\n', ..] if !self.strict => {
                         buf.advance(1);
                         self.state = ChunkState::Size;
                     }
@@ -528,6 +545,29 @@ mod tests {
             }
             assert_eq!(data, b"hello world", "split {split}");
             assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        }
+    }
+
+    #[test]
+    fn a_clients_chunked_body_must_be_written_exactly() {
+        let decode = |mut decoder: ChunkedDecoder, text: &str| -> Result<Vec<u8>, Malformed> {
+            let mut buf = BytesMut::from(text);
+            let mut body = Vec::new();
+            loop {
+                match decoder.decode(&mut buf)? {
+                    Decoded::Data(data) => body.extend_from_slice(&data),
+                    Decoded::End | Decoded::Trailers(_) => return Ok(body),
+                    Decoded::Incomplete => return Ok(body),
+                }
+            }
+        };
+        let exact = "5;name=value\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(decode(ChunkedDecoder::strict(), exact), Ok(b"hello".to_vec()));
+        // What a lenient reader takes but a client's body may not carry: a bare LF after the
+        // size or the data, a CR inside an extension, whitespace before the size.
+        for text in ["5\nhello\r\n0\r\n\r\n", "5\r\nhello\n0\r\n\r\n", "5;a\rb\r\nhello\r\n0\r\n\r\n", " 5\r\nhello\r\n0\r\n\r\n"] {
+            assert!(decode(ChunkedDecoder::strict(), text).is_err(), "{text:?} accepted");
+            assert_eq!(decode(ChunkedDecoder::default(), text), Ok(b"hello".to_vec()), "{text:?} (upstream, lenient)");
         }
     }
 

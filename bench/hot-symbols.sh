@@ -17,7 +17,7 @@
 # dependency versions and the workspace's own version number: run it again after updating
 # any of them, and before a benchmark that measures memory (compare.sh reports how much of
 # the list the binary still has). Knobs: SCALE_SERVICES=1000, RATE=200, DURATION=3s, IDLE=22, BIN_DIR
-# and PROXY_BIN_DIR (built binaries; the list must come from a `--profile proxy` build, the
+# and PROXY_BIN_DIR (built binaries; the list must come from scripts/build-proxy's build, the
 # one that ships), OUT (default crates/trellis-proxy/hot-symbols.txt).
 
 set -euo pipefail
@@ -99,4 +99,4 @@ else
 fi
 
 python3 "$ROOT/bench/hot-symbols.py" "$PROXY_BIN/trellis-proxy" "$OUT" "$TMP"/*.out "${samples[@]}"
-say "wrote $OUT; rebuild the proxy (cargo build --profile proxy -p trellis-proxy) to use it"
+say "wrote $OUT; rebuild the proxy (scripts/build-proxy) to use it"

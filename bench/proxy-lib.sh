@@ -37,22 +37,20 @@ bench_prerequisites() {
 
 # release_binaries: sets BIN and PROXY_BIN (where trellis-proxy is) to BIN_DIR and
 # PROXY_BIN_DIR (default BIN_DIR); without BIN_DIR, builds the release binaries and the
-# sidecar binary as it ships (`--profile proxy`: release with whole-program optimization) and
-# points at them.
+# sidecar binary as it ships (scripts/build-proxy: `--profile proxy`, release with
+# whole-program optimization, glibc linked in) and points at them.
 release_binaries() {
     if [[ -n ${BIN_DIR:-} ]]; then
         BIN=$(cd "$BIN_DIR" && pwd)
         PROXY_BIN=$(cd "${PROXY_BIN_DIR:-$BIN_DIR}" && pwd)
     else
         need cargo "install Rust with rustup"
-        say "building release binaries (cargo build --release, and --profile proxy for trellis-proxy)…"
-        (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench &&
-            cargo build --profile proxy -p trellis-proxy --bin trellis-proxy) || die "the release build failed (see above)"
-        local target
-        target=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
-            sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-        BIN=$target/release
-        PROXY_BIN=$target/proxy
+        say "building release binaries (cargo build --release, and scripts/build-proxy for trellis-proxy)…"
+        local proxy
+        (cd "$ROOT" && cargo build --release --bins -p trellis-cli -p trellis-testkit -p trellis-bench) &&
+            proxy=$("$ROOT/scripts/build-proxy") || die "the release build failed (see above)"
+        PROXY_BIN=$(dirname "$proxy")
+        BIN=$(dirname "$PROXY_BIN")/release
     fi
     local b
     for b in trellis trellis-test-backend trellis-bench; do

@@ -13,7 +13,11 @@
 //!   binary then needs glibc 2.36 or later where it runs (Debian 12, Ubuntu 22.10 and on):
 //!   an image must ship a libc at least as new as the one it was built against anyway.
 //!
-//! Both apply only where the default linker is in use, LLD on x86_64 Linux (Rust's default
+//! - **libc among the hot code**: `scripts/build-proxy`, the build that ships, links glibc
+//!   in statically (`-C target-feature=+crt-static` for this binary alone), so the libc
+//!   functions the proxy calls are in the list too, placed beside its own.
+//!
+//! Both options apply only where the default linker is in use, LLD on x86_64 Linux (Rust's default
 //! there since 1.90): another linker may not know the options, so a build that names its
 //! own linker (`RUSTC_LINKER`, or `linker`/`-fuse-ld` in its flags) links without them.
 

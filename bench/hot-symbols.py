@@ -20,8 +20,23 @@ exe = binary.rsplit("/", 1)[-1]
 functions = set()
 for line in subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True).stdout.splitlines():
     fields = line.split()
-    if len(fields) == 3 and fields[1] in "tTwW":
+    # i: an IFUNC resolver (glibc's memcpy, strlen...), run at start-up to pick a variant.
+    if len(fields) == 3 and fields[1] in "tTwWiI":
         functions.add(fields[2])
+
+# C libraries keep a variant of a function per CPU feature (glibc's __strlen_avx2 and
+# __strlen_evex, aws-lc's sha256_block_data_order_avx2 and _hw) and pick one when the
+# process starts. valgrind's virtual CPU lacks AVX-512 and SHA extensions, so callgrind sees
+# other variants than run natively, and perf samples only the hottest: after a variant seen,
+# its siblings for those features are listed (a few small functions each), so the one a CPU
+# with them picks is among the hot code too.
+VARIANT = re.compile(r"^(.+?)_(sse2|ssse3|sse4_1|sse4_2|sse42|avx|avx2|avx512|evex|evex512|erms|nohw|hw|shaext|clmul)(?:_.*)?$")
+UNSEEN_UNDER_VALGRIND = {"avx512", "evex", "evex512", "hw", "shaext"}
+variants = {}
+for name in functions:
+    m = VARIANT.match(name)
+    if m and m.group(2) in UNSEEN_UNDER_VALGRIND and not name.endswith("_rtm"):
+        variants.setdefault(m.group(1), []).append(name)
 
 counted, sampled = Counter(), Counter()
 # Names are compressed per kind: objects (ob, cob), files (fl, fi, fe, cfi, cfl) and
@@ -69,6 +84,11 @@ for name, _ in sampled.most_common() + counted.most_common():
     if name in functions and name not in seen:
         seen.add(name)
         ordered.append(name)
+        m = VARIANT.match(name)
+        for sibling in sorted(variants.get(m.group(1), [])) if m else []:
+            if sibling not in seen:
+                seen.add(sibling)
+                ordered.append(sibling)
 
 with open(out, "w") as f:
     f.write("# Functions trellis-proxy runs, hottest first: its build places them side by side.\n")

@@ -53,13 +53,40 @@ impl HttpResponse {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago. Racy by nature;
-/// prefer `--listen 127.0.0.1:0` where the server supports it.
+/// Ports [`free_port`] hands out: below Linux's ephemeral range (32768 and up by default),
+/// so no outgoing connection's source port takes one between the test choosing it and a
+/// server binding it.
+const TEST_PORTS: std::ops::Range<u16> = 20000..32768;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server a test starts (prefer
+/// `--listen 127.0.0.1:0` where the server supports it). It is reserved for as long as this
+/// process lives with a `flock` on a file under the temp dir, so parallel tests in other
+/// processes never get the same one; it comes from [`TEST_PORTS`], which outgoing
+/// connections do not use (`bind(0)` picks from the range they do use, and one of the many
+/// connections a test suite makes did take such a port before the server bound it).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0: {e}"))
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join("trellis-test-ports");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let count = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    // Processes start at different points, so they seldom try the same files.
+    let start = std::process::id().wrapping_mul(2_654_435_761) ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for i in 0..count {
+        let port = TEST_PORTS.start + ((start.wrapping_add(i)) % count) as u16;
+        let path = dir.join(port.to_string());
+        let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) else { continue };
+        if file.try_lock().is_err() {
+            continue; // another test process holds it
+        }
+        // Something outside the tests may be listening there.
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
+            continue;
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        return port;
+    }
+    panic!("no free port in {TEST_PORTS:?} on 127.0.0.1");
 }
 
 /// Waits until a TCP connection to `addr` succeeds.

@@ -272,7 +272,7 @@ where
 
         let response = self.handler.handle(request).await;
 
-        {
+        let unread = {
             // A `100 Continue` not yet written must not follow the final answer; one cut short
             // is finished first.
             let mut wire = lock(&self.wire);
@@ -280,13 +280,14 @@ where
                 self.write_buf.extend_from_slice(wire.interim);
             }
             wire.interim = b"";
-        }
+            // The request body is dropped (only this task holds the connection) unfinished.
+            Arc::strong_count(&self.wire) == 1 && !wire.body_done
+        };
         let (head, body) = response.into_parts();
         let switching = upgrade_to.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS;
         // A tunnel the proxy does not carry ends with the answer; so does an interim status
         // that did not switch protocols (the client may think it did), and a request whose
         // body nobody will read any more (say so rather than close unannounced).
-        let unread = Arc::strong_count(&self.wire) == 1 && !lock(&self.wire).body_done;
         let close = !switching
             && (self.closing
                 || connect
